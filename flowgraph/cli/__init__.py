@@ -1,0 +1,1 @@
+r"""The `flowgraph` command line: one thin module per subcommand."""

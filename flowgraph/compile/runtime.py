@@ -1,0 +1,164 @@
+r"""`CompiledFlow`: the base class of every compiled model.
+
+The compiler generates a subclass whose straight-line methods ``_forward_terms``, ``_inverse``
+and ``_generate`` are Python source (see `flow.code`); this class adds the public API on top.
+Everything decorated with ``@torch.jit.export`` scripts, compiles with ``fullgraph=True`` and
+exports; the Python-only helpers (`initialize`, `draw_noise`, `freeze`) are for eager use.
+
+Conventions: forward maps data x to the latent z (flat, ``[B, latent_dim]``, latents in the
+order of the spec's `outputs`); ``logdet`` sums every node's log-det term, including the
+stochastic ones (augmentation, dequantization), so ``log_prob = logdet + log prior(z)``.
+For discrete data the dequantization term includes ``-D·bits·ln 2``, which makes `log_prob` a
+bound on the log-probability of the integer data and `bits_per_dim` the usual measure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["CompiledFlow"]
+
+
+class CompiledFlow(nn.Module):
+    """A flow compiled from a spec. Attribute names of submodules are the spec's node ids."""
+
+    data_shape: list[int]
+    latent_shapes: list[list[int]]
+    data_dims: int
+    latent_dim: int
+    noise_dim: int
+    bits: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.data_shape = []
+        self.latent_shapes = []
+        self.data_dims = 0
+        self.latent_dim = 0
+        self.noise_dim = 0
+        self.bits = 0
+        # follows .to(device/dtype); tells sample() and draw_noise() what to allocate
+        self.register_buffer("_ref", torch.zeros(0), persistent=False)
+
+    # -- the public, exportable API ---------------------------------------------------------
+    def forward(self, x: Tensor, context: Tensor | None = None, noise: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+        """x -> (z, logdet). `noise` ([B, noise_dim] standard normal) fixes stochastic nodes."""
+        z, logdet, _ = self._forward_terms(x, context, noise)
+        return z, logdet
+
+    @torch.jit.export
+    def log_prob_once(self, x: Tensor, context: Tensor | None = None,
+                      noise: Tensor | None = None) -> Tensor:
+        """Single-sample log-likelihood (exact for bijective graphs, else a lower bound)."""
+        _, logdet, log_prior = self._forward_terms(x, context, noise)
+        return logdet + log_prior
+
+    @torch.jit.export
+    def log_prob(self, x: Tensor, context: Tensor | None = None, k: int = 1,
+                 chunk: int = 0) -> Tensor:
+        """log p(x): exact, or the importance-weighted bound over `k` noise samples.
+
+        The bound is ``log mean_k exp(L_k)`` (not the mean of the L_k), evaluated `chunk`
+        samples at a time (0: all at once) so that k = 1000 fits in memory.
+        """
+        if k <= 1 or self.noise_dim == 0:
+            return self.log_prob_once(x, context, None)
+        b = x.shape[0]
+        step = k if chunk <= 0 else min(chunk, k)
+        acc = torch.full([b], -math.inf, dtype=self._ref.dtype, device=x.device)
+        done = 0
+        while done < k:
+            m = min(step, k - done)
+            ctx: Tensor | None = None
+            if context is not None:
+                ctx = context.repeat_interleave(m, 0)
+            lw = self.log_prob_once(x.repeat_interleave(m, 0), ctx, None).view(b, m)
+            acc = torch.logaddexp(acc, torch.logsumexp(lw, 1).to(acc.dtype))
+            done += m
+        return acc - math.log(k)
+
+    @torch.jit.export
+    def bits_per_dim(self, x: Tensor, context: Tensor | None = None, k: int = 1,
+                     chunk: int = 0) -> Tensor:
+        """−log2 p(x) / D per sample, D = data dimensions (noise dimensions excluded)."""
+        return -self.log_prob(x, context, k, chunk) / (self.data_dims * math.log(2.0))
+
+    @torch.jit.export
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """z -> x with every latent given (nothing is re-sampled)."""
+        x, _ = self._inverse(z, context)
+        return x
+
+    @torch.jit.export
+    def inverse_and_log_det(self, z: Tensor, context: Tensor | None = None
+                            ) -> tuple[Tensor, Tensor]:
+        return self._inverse(z, context)
+
+    @torch.jit.export
+    def sample_from_noise(self, eps: Tensor, context: Tensor | None = None) -> Tensor:
+        """Map standard-normal `eps` ([B, latent_dim]) through the priors and the inverse."""
+        return self._generate(eps, context)
+
+    @torch.jit.export
+    def sample(self, n: int, temperature: float = 1.0, context: Tensor | None = None
+               ) -> Tensor:
+        """n samples; `temperature` scales the standard-normal noise of every latent."""
+        eps = torch.randn([n, self.latent_dim], dtype=self._ref.dtype, device=self._ref.device)
+        return self._generate(eps * temperature, context)
+
+    # -- eager-only helpers ------------------------------------------------------------------
+    @torch.jit.unused
+    def draw_noise(self, batch: int, generator: torch.Generator | None = None,
+                   dtype: torch.dtype | None = None, device: torch.device | None = None
+                   ) -> Tensor:
+        """Standard-normal noise for `forward`/`log_prob_once`, reproducible via `generator`."""
+        return torch.randn(batch, self.noise_dim, generator=generator,
+                           dtype=dtype or self._ref.dtype, device=device or self._ref.device)
+
+    @torch.jit.unused
+    def initialize(self, x: Tensor, context: Tensor | None = None,
+                   all_reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Data-dependent initialisation (ActNorm) from a batch, run once before training.
+
+        Each module with a ``data_init`` method is initialised from its own input, in forward
+        order, through forward pre-hooks; `forward` itself has no initialisation branch, so a
+        loaded checkpoint is never re-initialised. `all_reduce` (sum across processes) makes
+        every rank compute identical statistics under DDP.
+        """
+        hooks = []
+
+        def hook(module: nn.Module, args: tuple) -> None:
+            module.data_init(args[0], all_reduce)
+
+        for m in self.modules():
+            if hasattr(m, "data_init"):
+                hooks.append(m.register_forward_pre_hook(hook))
+        try:
+            with torch.no_grad():
+                self._forward_terms(x, context, None)
+        finally:
+            for h in hooks:
+                h.remove()
+
+    @torch.jit.unused
+    def is_initialized(self) -> bool:
+        flags = [m.initialized for m in self.modules() if hasattr(m, "data_init")]
+        return all(bool(f.item()) for f in flags)
+
+    @torch.jit.unused
+    def freeze(self) -> CompiledFlow:
+        """Cache inverse weights and constant log-dets in every op (for export)."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "freeze"):
+                m.freeze()
+        return self
+
+    @property
+    def code(self) -> str:
+        """The generated source of the straight-line methods."""
+        return type(self)._generated_source

@@ -1,0 +1,88 @@
+r"""Static analysis of a spec: expansion, graph building, structural checks and shapes.
+
+`analyze` runs every check and raises one `SpecError` listing all problems; `check_spec`
+returns them instead. Nothing here creates a tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flowgraph.errors import Issue, Location, SpecError
+from flowgraph.graph.checks import (check_arity, check_consumption, check_cycles,
+                                    check_invertibility, forward_schedule, inverse_schedule)
+from flowgraph.graph.ir import FlowGraph, GraphNode, build_graph
+from flowgraph.graph.shapes import Limits, Totals, infer_shapes
+from flowgraph.ops.registry import OpRegistry
+from flowgraph.spec.expand import expand
+from flowgraph.spec.io import SourceMap
+from flowgraph.spec.models import FlowSpec
+
+__all__ = ["Analysis", "FlowGraph", "GraphNode", "Limits", "Totals", "analyze", "check_spec"]
+
+
+@dataclass
+class Analysis:
+    spec: FlowSpec
+    graph: FlowGraph
+    totals: Totals
+
+
+def _check_inputs(spec: FlowSpec, smap: SourceMap) -> list[Issue]:
+    roles = [i.role for i in spec.inputs.values()]
+    out = []
+    if roles.count("data") != 1:
+        out.append(Issue("inputs", "a spec has exactly one data input (and at most one "
+                         "context input)", location=smap.locate(("inputs",)),
+                         found=f"{roles.count('data')} data inputs"))
+    if roles.count("context") > 1:
+        out.append(Issue("inputs", "a spec has at most one context input",
+                         location=smap.locate(("inputs",)),
+                         found=f"{roles.count('context')} context inputs"))
+    return out
+
+
+def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
+               registry: OpRegistry | None = None, limits: Limits = Limits()
+               ) -> tuple[Analysis | None, list[Issue]]:
+    """Run every static check; returns the analysis (None if unusable) and all issues."""
+    if registry is None:
+        from flowgraph.ops import DEFAULT_REGISTRY
+        registry = DEFAULT_REGISTRY
+    smap = smap or SourceMap()
+    issues = _check_inputs(spec, smap)
+    if issues:
+        return None, issues
+    program, expand_issues = expand(spec, smap)
+    issues += expand_issues
+    if len(program.inputs) != len(spec.inputs):
+        return None, issues
+    graph, build_issues = build_graph(program, registry, smap)
+    issues += build_issues
+    issues += check_arity(graph)
+    cycles = check_cycles(graph)
+    issues += cycles
+    if cycles:
+        return None, issues
+    if not expand_issues:  # missing nodes would only cascade into noise here
+        issues += check_consumption(graph)
+        issues += check_invertibility(graph)
+    totals, shape_issues = infer_shapes(graph, limits)
+    issues += [i for i in shape_issues if not (expand_issues and i.rule == "dims")]
+    if not program.latents and not expand_issues:
+        issues.append(Issue("latent", "a spec declares at least one latent in 'outputs'",
+                            location=smap.locate(("outputs",))))
+    if any(i.rule == "condition-not-invertible" for i in issues):
+        return None, issues
+    graph.forward_order = forward_schedule(graph)
+    graph.inverse_order = inverse_schedule(graph)
+    return Analysis(spec, graph, totals), issues
+
+
+def analyze(spec: FlowSpec, smap: SourceMap | None = None, registry: OpRegistry | None = None,
+            limits: Limits = Limits()) -> Analysis:
+    analysis, issues = check_spec(spec, smap, registry, limits)
+    if issues or analysis is None:
+        raise SpecError(issues or [Issue("spec", "spec could not be analysed",
+                                         location=Location())])
+    return analysis

@@ -1,0 +1,229 @@
+r"""`FlowGraph`: the expanded spec as a networkx graph of typed nodes and data/condition edges.
+
+Graph nodes are the spec's inputs, its op nodes and its latents. An edge carries ``kind``
+("data" or "condition"), the source ``port`` and the ``slot`` (position among the target's data
+inputs or conditions). Building the graph resolves every op name and validates every node's
+params with the op's own model; shapes are filled in later by `flowgraph.graph.shapes`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import networkx as nx
+from pydantic import ValidationError
+
+from flowgraph.errors import Issue
+from flowgraph.ops.registry import OpDef, OpRegistry, TensorType
+from flowgraph.spec.expand import LatentDecl, NodeDecl, Program, Ref
+from flowgraph.spec.io import SourceMap
+
+__all__ = ["FlowGraph", "GraphNode", "build_graph", "reserved_names"]
+
+Kind = Literal["input", "op", "latent"]
+
+
+@dataclass
+class GraphNode:
+    """One node with everything known about it statically."""
+
+    id: str
+    kind: Kind
+    index: int
+    path: tuple
+    op: OpDef | None = None
+    params: Any = None
+    decl: NodeDecl | LatentDecl | None = None
+    role: str = "data"  # inputs only: data | context
+    in_types: list[TensorType] = field(default_factory=list)
+    cond_types: list[TensorType] = field(default_factory=list)
+    out_types: dict[str, TensorType] = field(default_factory=dict)
+    param_count: int = 0
+    added_dims: int = 0
+    noise_numel: int = 0
+    trail: tuple[str, ...] = ()
+
+    @property
+    def op_name(self) -> str:
+        return self.op.name if self.op is not None else self.kind
+
+
+@dataclass
+class FlowGraph:
+    program: Program
+    graph: nx.MultiDiGraph
+    nodes: dict[str, GraphNode]
+    smap: SourceMap
+    forward_order: list[str] = field(default_factory=list)
+    inverse_order: list[str] = field(default_factory=list)
+
+    def data_inputs(self, node_id: str) -> list[tuple[str, str]]:
+        return self._in_edges(node_id, "data")
+
+    def condition_inputs(self, node_id: str) -> list[tuple[str, str]]:
+        return self._in_edges(node_id, "condition")
+
+    def _in_edges(self, node_id: str, kind: str) -> list[tuple[str, str]]:
+        edges = [(d["slot"], u, d["port"]) for u, _, d in self.graph.in_edges(node_id, data=True)
+                 if d["kind"] == kind]
+        return [(u, p) for _, u, p in sorted(edges)]
+
+    def consumers(self, node_id: str, port: str, kind: str = "data") -> list[str]:
+        return [v for _, v, d in self.graph.out_edges(node_id, data=True)
+                if d["kind"] == kind and d["port"] == port]
+
+    def type_of(self, node_id: str, port: str) -> TensorType | None:
+        return self.nodes[node_id].out_types.get(port)
+
+    def ops(self) -> Iterator[GraphNode]:
+        return (n for n in self.nodes.values() if n.kind == "op")
+
+    def latents(self) -> list[GraphNode]:
+        return [n for n in self.nodes.values() if n.kind == "latent"]
+
+    def data_input(self) -> GraphNode:
+        return next(n for n in self.nodes.values() if n.kind == "input" and n.role == "data")
+
+    def context_input(self) -> GraphNode | None:
+        return next((n for n in self.nodes.values()
+                     if n.kind == "input" and n.role == "context"), None)
+
+
+@functools.cache
+def reserved_names() -> frozenset[str]:
+    """Names a top-level node id may not take: attributes of the compiled module."""
+    import torch.nn as nn  # lazy: the graph layer itself stays torch-free
+
+    from flowgraph.compile.runtime import CompiledFlow
+    return frozenset(n for n in (*dir(nn.Module), *dir(CompiledFlow)) if not n.startswith("__"))
+
+
+class _Builder:
+    def __init__(self, program: Program, registry: OpRegistry, smap: SourceMap):
+        self.program, self.registry, self.smap = program, registry, smap
+        self.issues: list[Issue] = []
+        self.g = nx.MultiDiGraph()
+        self.nodes: dict[str, GraphNode] = {}
+
+    def issue(self, rule: str, message: str, path: tuple, **kw: Any) -> None:
+        trail = kw.pop("trail", ())
+        self.issues.append(Issue(rule, message, location=self.smap.locate(path),
+                                 context=tuple(f"in {t}" for t in trail), **kw))
+
+    def add(self, node: GraphNode) -> bool:
+        if node.id in self.nodes:
+            first = self.nodes[node.id]
+            self.issue("duplicate-id", f"id {node.id!r} is defined twice", node.path,
+                       node=node.id, hint=f"first defined at {self.smap.locate(first.path)}")
+            return False
+        self.nodes[node.id] = node
+        self.g.add_node(node.id)
+        return True
+
+    def parse(self, op: OpDef, params: Any, path: tuple, node_id: str) -> Any:
+        try:
+            return op.parse(params if isinstance(params, dict) else {})
+        except ValidationError as e:
+            for err in e.errors(include_url=False):
+                loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+                found = err.get("input")
+                self.issue("param", f"{op.name}: {err['msg']}", path + loc, node=node_id,
+                           found=None if isinstance(found, (dict, list)) else repr(found))
+            return None
+
+    def run(self) -> FlowGraph:
+        index = 0
+        for decl in self.program.inputs.values():
+            self.add(GraphNode(decl.name, "input", index, decl.path, role=decl.role,
+                               out_types={"out": TensorType(decl.shape, decl.bits)}))
+            index += 1
+        for decl in self.program.nodes:
+            index += 1
+            if decl.op not in self.registry or self.registry.get(decl.op).is_prior:
+                close = self.registry.suggestions(decl.op)
+                self.issue("unknown-op", f"unknown op {decl.op!r}", decl.path + ("op",),
+                           node=decl.id, trail=decl.trail,
+                           hint=(f"did you mean {', '.join(map(repr, close))}?" if close else
+                                 "`flowgraph ops` lists the ops"))
+                op = None
+            else:
+                op = self.registry.get(decl.op)
+            params = self.parse(op, decl.params, decl.path + ("params",), decl.id) if op else None
+            self.add(GraphNode(decl.id, "op", index, decl.path, op, params, decl,
+                               trail=decl.trail))
+        for lat in self.program.latents:
+            index += 1
+            op = self.registry.get(lat.dist) if lat.dist in self.registry else None
+            if op is None or not op.is_prior:
+                priors = [o.name for o in self.registry if o.is_prior]
+                self.issue("unknown-prior", f"unknown prior {lat.dist!r}",
+                           lat.path + ("prior",), node=lat.name,
+                           hint=f"priors: {', '.join(priors)}")
+                op = None
+            params = self.parse(op, lat.params, lat.path + ("prior", "params"),
+                                lat.name) if op else None
+            self.add(GraphNode(lat.name, "latent", index, lat.path, op, params, lat))
+        self._check_names()
+        for node in list(self.nodes.values()):
+            if node.kind == "op":
+                self._connect(node, node.decl.inputs, "data", ("in",))
+                self._connect(node, node.decl.conditions, "condition", ("condition",))
+            elif node.kind == "latent":
+                self._connect(node, (node.decl.source,), "data", ("from",))
+                self._connect(node, node.decl.conditions, "condition", ("condition",))
+        return FlowGraph(self.program, self.g, self.nodes, self.smap)
+
+    def _check_names(self) -> None:
+        ids = set(self.nodes)
+        reserved = reserved_names()
+        for node in self.nodes.values():
+            parts = node.id.split(".")
+            if parts[0] in reserved:
+                self.issue("id", f"{parts[0]!r} is a reserved name (an attribute of the "
+                           "compiled module)", node.path, node=node.id,
+                           hint="rename the node or template instance")
+            for cut in range(1, len(parts)):
+                prefix = ".".join(parts[:cut])
+                if prefix in ids:
+                    self.issue("id", f"{prefix!r} is both a node and the prefix of "
+                               f"{node.id!r}", node.path, node=node.id)
+                    break
+
+    def _connect(self, node: GraphNode, refs: tuple[Ref, ...], kind: str, key: tuple) -> None:
+        for slot, ref in enumerate(refs):
+            src = self.nodes.get(ref.node)
+            path = node.path + key
+            if src is None or src.kind == "latent":
+                self.issue("reference", f"{ref.node!r} is not a tensor of this graph", path,
+                           node=node.id, found=str(ref))
+                continue
+            port = self._port(src, ref, node, path)
+            if port is not None:
+                self.g.add_edge(src.id, node.id, kind=kind, port=port, slot=slot)
+
+    def _port(self, src: GraphNode, ref: Ref, node: GraphNode, path: tuple) -> str | None:
+        ports = src.op.outputs if src.kind == "op" and src.op else ("out",)
+        if src.kind == "op" and src.op is None:
+            return ref.port or "out"  # unknown op: already reported
+        if ref.port is None:
+            if len(ports) == 1:
+                return ports[0]
+            self.issue("port", f"{src.id!r} ({src.op_name}) has outputs "
+                       f"{', '.join(ports)}; name one as '{src.id}:<port>'", path,
+                       node=node.id, found=str(ref))
+            return None
+        if ref.port not in ports:
+            self.issue("port", f"{src.id!r} ({src.op_name}) has no output {ref.port!r}; "
+                       f"outputs: {', '.join(ports)}", path, node=node.id, found=str(ref))
+            return None
+        return ref.port
+
+
+def build_graph(program: Program, registry: OpRegistry, smap: SourceMap | None = None
+                ) -> tuple[FlowGraph, list[Issue]]:
+    b = _Builder(program, registry, smap or SourceMap())
+    graph = b.run()
+    return graph, b.issues

@@ -1,0 +1,153 @@
+r"""`affine_coupling` (RealNVP/Glow/DenseFlow) and the condition rules other conditioned ops share."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from flowgraph.errors import ShapeError
+from flowgraph.nn import DEFAULT_NETS, NetSpec
+from flowgraph.ops.affine import require_continuous
+from flowgraph.ops.base import FlowModule
+from flowgraph.ops.registry import OpDef, OpParams, TensorType
+from flowgraph.ops.scales import ScaleName, log_scale, resolve_scale
+
+__all__ = ["AFFINE_COUPLING_OP", "AffineCoupling", "AffineCouplingParams",
+           "condition_channels", "conditions_to_features"]
+
+
+def condition_channels(x: TensorType, conds: list[TensorType], op: str) -> int:
+    """Channels the conditions add to a conditioner input at `x`'s resolution (static rule).
+
+    Rule: for an image `x`, every condition is an image with the same H×W, or a vector [K]
+    (broadcast over H×W as K channels); for a vector `x`, every condition is a vector.
+    """
+    total = 0
+    for i, c in enumerate(conds):
+        same_hw = x.is_image and c.is_image and c.shape[1:] == x.shape[1:]
+        if len(c.shape) == 1 or same_hw:
+            total += c.shape[0]
+        elif x.is_image and c.is_image:
+            raise ShapeError(f"{op}: image conditions must have the input's spatial size "
+                             f"{x.shape[1]}×{x.shape[2]}",
+                             found=f"condition {i} of shape {list(c.shape)}",
+                             hint="squeeze/unsqueeze the condition, or pass a vector "
+                                  "(it is broadcast over H×W)")
+        else:
+            raise ShapeError(f"{op}: conditions of a {'image' if x.is_image else 'vector'} "
+                             "input must be images of the same H×W or vectors [K]",
+                             found=f"condition {i} of shape {list(c.shape)} for input of "
+                                   f"shape {list(x.shape)}")
+    return total
+
+
+def conditions_to_features(cond: list[Tensor], image: bool, h: int, w: int) -> list[Tensor]:
+    """Runtime side of `condition_channels`: broadcast vector conditions over H×W for images."""
+    out: list[Tensor] = []
+    for c in cond:
+        if image and c.dim() == 2:
+            c = c[:, :, None, None].expand(-1, -1, h, w)
+        out.append(c)
+    return out
+
+
+class AffineCouplingParams(OpParams):
+    """`net` maps [x1, conditions] to 2·⌊C/2⌋ channels; `layout` says how they are read."""
+
+    net: NetSpec
+    scale: ScaleName = "exp_2tanh"
+    layout: Literal["interleaved", "halves"] = "interleaved"
+
+
+class AffineCoupling(FlowModule):
+    r"""Affine coupling: x1 passes through, x2 is scaled and shifted by a net of x1 (and conds).
+
+    With C channels, x1 = x[:, :⌈C/2⌉] and x2 = x[:, ⌈C/2⌉:] (⌊C/2⌋ channels, DenseFlow's
+    ``chunk(2)``). h = net([x1, *cond]) has 2·⌊C/2⌋ channels; ``interleaved`` (official
+    DenseFlow) reads s_j = h[2j], t_j = h[2j+1]; ``halves`` reads s = h[:⌊C/2⌋], t = the rest.
+
+    .. math:: z = [x_1,\; \sigma(s) \odot x_2 + t], \qquad
+              \log|\det \partial z/\partial x| = \textstyle\sum \log\sigma(s)
+
+    References:
+        Dinh et al., "Density estimation using Real NVP", https://arxiv.org/abs/1605.08803;
+        Grcić et al., "Densely connected normalizing flows", https://arxiv.org/abs/2106.04627.
+    """
+
+    def __init__(self, net: nn.Module, split: int, transformed: int, scale: int,
+                 interleaved: bool, image: bool):
+        super().__init__()
+        self.net = net
+        self.split = split
+        self.transformed = transformed
+        self.scale = scale
+        self.interleaved = interleaved
+        self.image = image
+
+    def _scale_shift(self, x1: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
+        h, w = 1, 1
+        if self.image:
+            h, w = x1.shape[2], x1.shape[3]
+        feats = [x1] + conditions_to_features(cond, self.image, h, w)
+        out = self.net(torch.cat(feats, 1))
+        if self.interleaved:
+            s, t = out[:, 0::2], out[:, 1::2]
+        else:
+            s, t = out[:, :self.transformed], out[:, self.transformed:]
+        return log_scale(s, self.scale), t
+
+    def forward(self, x: Tensor, cond: list[Tensor], noise: Tensor | None
+                ) -> tuple[Tensor, Tensor]:
+        x1, x2 = x[:, :self.split], x[:, self.split:]
+        log_s, t = self._scale_shift(x1, cond)
+        z2 = x2 * torch.exp(log_s) + t
+        return torch.cat([x1, z2], 1), log_s.flatten(1).sum(1)
+
+    @torch.jit.export
+    def inverse(self, y: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
+        y1, z2 = y[:, :self.split], y[:, self.split:]
+        log_s, t = self._scale_shift(y1, cond)
+        x2 = (z2 - t) * torch.exp(-log_s)
+        return torch.cat([y1, x2], 1), -log_s.flatten(1).sum(1)
+
+
+class _AffineCouplingOp(OpDef):
+    name = "affine_coupling"
+    Params = AffineCouplingParams
+    summary = "affine coupling: x2 -> sigma(s) x2 + t with (s, t) = net(x1, conditions)"
+    conditions = "optional"
+
+    def _net_io(self, p: Any, x: TensorType, conds: list[TensorType]) -> tuple[int, int]:
+        c = x.shape[0]
+        in_ch = c - c // 2 + condition_channels(x, conds, self.name)
+        return in_ch, 2 * (c // 2)
+
+    def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
+              ) -> dict[str, TensorType]:
+        (x,) = inputs
+        require_continuous(x, self.name)
+        if len(x.shape) not in (1, 3) or x.shape[0] < 2:
+            raise ShapeError("affine_coupling needs an image [C, H, W] or a vector [D] with at "
+                             "least 2 channels (one to condition on, one to transform)",
+                             found=f"shape {list(x.shape)}")
+        in_ch, _ = self._net_io(p, x, conds)
+        DEFAULT_NETS.get(p.net.kind).check(p.net, TensorType((in_ch, *x.shape[1:])))
+        return {"out": TensorType(x.shape)}
+
+    def param_count(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> int:
+        x = inputs[0]
+        in_ch, out_ch = self._net_io(p, x, conds)
+        return DEFAULT_NETS.get(p.net.kind).param_count(p.net, in_ch, out_ch, x.is_image)
+
+    def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> AffineCoupling:
+        x = inputs[0]
+        in_ch, out_ch = self._net_io(p, x, conds)
+        net = DEFAULT_NETS.get(p.net.kind).build(p.net, in_ch, out_ch, x.is_image)
+        c = x.shape[0]
+        return AffineCoupling(net, c - c // 2, c // 2, int(resolve_scale(p.scale)),
+                              p.layout == "interleaved", x.is_image)
+
+
+AFFINE_COUPLING_OP = _AffineCouplingOp()
