@@ -53,8 +53,12 @@ def infer_shapes(g: FlowGraph, limits: Limits = Limits()) -> tuple[Totals, list[
             continue
         ins = [g.type_of(u, p) for u, p in g.data_inputs(node_id)]
         conds = [g.type_of(u, p) for u, p in g.condition_inputs(node_id)]
-        if any(t is None for t in ins + conds):
-            continue  # an upstream node failed; its issue is already reported
+        if any(t is None for t in ins + conds) or not ins:
+            continue  # an upstream node or edge failed; its issue is already reported
+        if node.kind == "op" and node.op.n_inputs is not None and len(ins) != node.op.n_inputs:
+            continue  # arity issue already reported
+        if node.op.conditions == "required" and not conds:
+            continue
         node.in_types, node.cond_types = ins, conds
         if any(t.bits is not None for t in conds):
             issues.append(_issue(g, "discrete", "a condition is discrete data; dequantize it "
@@ -73,6 +77,10 @@ def infer_shapes(g: FlowGraph, limits: Limits = Limits()) -> tuple[Totals, list[
         except ShapeError as e:
             issues.append(_issue(g, e.rule, f"{node.op.name}: {e.message}", node, ("params",),
                                  found=e.found, hint=e.hint))
+            continue
+        except Exception as e:  # noqa: BLE001 - an op bug must still not become a traceback
+            issues.append(_issue(g, "op-error", f"{node.op.name}: its shape rule failed "
+                                 f"({type(e).__name__}: {e})", node))
             continue
         node.out_types = outs
         node.noise_numel = 0 if noise is None else _numel(noise)

@@ -6,6 +6,7 @@ exp(log_std)·eps`` and ``standardize(z, cond) = (z − mean)·exp(−log_std)``
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -13,18 +14,28 @@ from torch import Tensor, nn
 
 from flowgraph.errors import ShapeError
 from flowgraph.ops.affine import require_continuous
-from flowgraph.ops.base import LOG_2PI, Prior, std_normal_log_prob
+from flowgraph.ops.base import Prior
 from flowgraph.ops.coupling import condition_channels, conditions_to_features
 from flowgraph.ops.registry import OpDef, OpParams, TensorType
 
 __all__ = ["CHANNEL_NORMAL_OP", "CONDITIONAL_NORMAL_OP", "STANDARD_NORMAL_OP", "ChannelNormal",
-           "ConditionalNormal", "PriorParams", "StandardNormal", "normal_log_prob"]
+           "ConditionalNormal", "PriorParams", "StandardNormal", "normal_log_prob",
+           "std_normal_log_prob"]
+
+
+def std_normal_log_prob(x: Tensor) -> Tensor:
+    """Per-sample log N(x; 0, I), summed over all but the batch dimension.
+
+    Same as `flowgraph.ops.base.std_normal_log_prob`, but scriptable: TorchScript cannot close
+    over a module-level float such as ``LOG_2PI``, so the constant is spelled inline.
+    """
+    return -0.5 * (x * x + math.log(2.0 * math.pi)).flatten(1).sum(1)
 
 
 def normal_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     """Per-sample log N(z; mean, exp(log_std)²), summed over all but the batch dimension."""
     eps = (z - mean) * torch.exp(-log_std)
-    return (-0.5 * (eps * eps + LOG_2PI) - log_std).flatten(1).sum(1)
+    return (-0.5 * (eps * eps + math.log(2.0 * math.pi)) - log_std).flatten(1).sum(1)
 
 
 class PriorParams(OpParams):

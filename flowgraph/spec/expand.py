@@ -405,8 +405,10 @@ class _Expander:
     def issue(self, rule: str, message: str, path: tuple, node: str | None = None,
               found: str | None = None, hint: str | None = None, trail: tuple = ()) -> None:
         ctx = tuple(f"in {t}" for t in trail)
-        self.issues.append(Issue(rule, message, node=node, location=self.smap.locate(path),
-                                 found=found, hint=hint, context=ctx))
+        issue = Issue(rule, message, node=node, location=self.smap.locate(path), found=found,
+                      hint=hint, context=ctx)
+        if issue not in self.issues:  # a lazily resolved entry may be visited twice
+            self.issues.append(issue)
 
     def run(self) -> Program:
         spec = self.spec

@@ -1,0 +1,193 @@
+"""The spec language: YAML loading with locations, expressions, templates, repeats, extends."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from flowgraph.errors import SpecError
+from flowgraph.spec import dump_spec, load_spec, parse_spec, read_spec
+from flowgraph.spec.expand import expand
+from flowgraph.spec.expr import ExprError, evaluate, substitute
+
+SPECS = sorted(Path(__file__).resolve().parents[1].joinpath("specs").rglob("*.yaml"))
+
+
+def spec_text(body: str) -> str:
+    return textwrap.dedent(body).strip() + "\n"
+
+
+VECTOR = spec_text("""
+    flowgraph: 1
+    name: vec
+    args: {steps: 3}
+    inputs:
+      x: {shape: [4]}
+    templates:
+      step:
+        args: {hidden: 8}
+        nodes:
+          - {id: norm, op: actnorm, in: x}
+          - {id: cpl, op: affine_coupling, in: norm, params: {net: {kind: mlp, hidden: ["${hidden}"]}}}
+          - {id: flip, op: permute, in: cpl, params: {kind: reverse}}
+    nodes:
+      - {id: s, repeat: "${steps}", use: step, in: x, with: {hidden: "${4 * 4}"}}
+    outputs:
+      z: {from: s}
+""")
+
+
+def test_round_trip_of_every_spec_file():
+    assert SPECS, "specs/ should hold example specs"
+    for path in SPECS:
+        spec = load_spec(path)
+        again, _ = parse_spec(dump_spec(spec))
+        assert again == spec, path
+
+
+def test_expansion_ids_are_stable_and_hierarchical():
+    spec, smap = parse_spec(VECTOR)
+    program, issues = expand(spec, smap)
+    assert issues == []
+    ids = [n.id for n in program.nodes]
+    assert ids[:3] == ["s0.norm", "s0.cpl", "s0.flip"]
+    assert ids[-1] == "s2.flip" and len(ids) == 9
+    # the chain: each iteration reads the previous one's output
+    assert str(program.nodes[3].inputs[0]) == "s0.flip"
+    assert program.nodes[1].params["net"]["hidden"] == [16]
+    assert str(program.latents[0].source) == "s2.flip"
+    # expansion is deterministic
+    again, _ = expand(spec, smap)
+    assert [n.id for n in again.nodes] == ids
+
+
+def test_repeat_variables_earlier_history_and_when():
+    text = spec_text("""
+        flowgraph: 1
+        name: dense
+        inputs: {x: {shape: [2, 4, 4]}}
+        nodes:
+          - id: u
+            repeat: 4
+            in: x
+            body:
+              - {id: aug, op: cross_unit_coupling, in: "${prev}", condition: "${earlier}",
+                 when: "${i > 0}", params: {growth: 2}}
+              - {id: n, op: actnorm, in: aug}
+        outputs: {z: {from: u}}
+    """)
+    program, issues = expand(*parse_spec(text))
+    assert issues == []
+    augs = [n for n in program.nodes if n.op == "cross_unit_coupling"]
+    assert [n.id for n in augs] == ["u1.aug", "u2.aug", "u3.aug"]
+    assert [[str(r) for r in n.conditions] for n in augs] == [
+        ["x"], ["x", "u0.n"], ["x", "u0.n", "u1.n"]]
+    # the skipped aug of iteration 0 passes its input through
+    assert str(program.nodes[0].inputs[0]) == "x"
+
+
+def test_repeat_over_a_list_of_variable_mappings():
+    text = spec_text("""
+        flowgraph: 1
+        name: list
+        inputs: {x: {shape: [6]}}
+        nodes:
+          - {id: a, repeat: [{k: reverse}, {k: swap_halves}], op: permute, in: x,
+             params: {kind: "${k}"}}
+        outputs: {z: {from: a}}
+    """)
+    program, issues = expand(*parse_spec(text))
+    assert issues == []
+    assert [n.params["kind"] for n in program.nodes] == ["reverse", "swap_halves"]
+
+
+def test_unknown_key_is_reported_with_its_line():
+    text = VECTOR.replace("name: vec", "name: vec\nnmae: typo")
+    with pytest.raises(SpecError) as e:
+        parse_spec(text, "t.yaml")
+    (issue,) = e.value.issues
+    assert issue.rule == "schema" and issue.location.line == 3
+    assert "nmae" in issue.location.path_str()
+
+
+def test_bad_yaml_and_duplicate_keys():
+    with pytest.raises(SpecError) as e:
+        parse_spec("flowgraph: 1\nname: [unclosed\n", "bad.yaml")
+    assert e.value.issues[0].rule == "yaml" and e.value.issues[0].location.line is not None
+    with pytest.raises(SpecError) as e:
+        parse_spec("flowgraph: 1\nname: a\nname: b\n")
+    assert e.value.issues[0].rule == "yaml" and "duplicate" in e.value.issues[0].message
+
+
+def test_entry_forms_are_validated():
+    bad = VECTOR.replace("- {id: s, repeat:", "- {id: s, op: actnorm, repeat:")
+    with pytest.raises(SpecError) as e:
+        parse_spec(bad)
+    assert "exactly one of" in str(e.value)
+
+
+def test_expression_language_is_safe_and_useful():
+    scope = {"a": 3, "xs": [1, 2, 3], "d": {"k": 5}}
+    assert evaluate("a * 2 + 1", scope) == 7
+    assert evaluate("xs[1:]", scope) == [2, 3]
+    assert evaluate("d['k'] if a > 2 else 0", scope) == 5
+    assert evaluate("[v * v for v in xs if v > 1]", scope) == [4, 9]
+    assert substitute("u${a}", scope) == "u3"
+    assert substitute("${xs}", scope) == [1, 2, 3]
+    for evil in ("__import__('os')", "a.__class__", "open('/etc/passwd')", "(lambda: 1)()",
+                 "2 ** 100000", "range(10**9)"):
+        with pytest.raises(ExprError):
+            evaluate(evil, scope)
+    with pytest.raises(ExprError, match="unknown name 'b'"):
+        evaluate("b + 1", scope)
+
+
+def test_expression_errors_become_issues_with_location():
+    bad = VECTOR.replace('repeat: "${steps}"', 'repeat: "${stepz}"')
+    program, issues = expand(*parse_spec(bad, "v.yaml"))
+    assert [i.rule for i in issues] == ["expression"]
+    assert issues[0].location.line == 14 and "stepz" in issues[0].message
+
+
+def test_reference_errors_suggest_close_names():
+    bad = VECTOR.replace("in: norm,", "in: nrom,")
+    _, issues = expand(*parse_spec(bad))
+    assert issues and issues[0].rule == "reference"
+    assert "norm" in issues[0].hint
+    assert any("s0" in c for c in issues[0].context)  # which instance it happened in
+
+
+def test_unknown_template_and_argument():
+    _, issues = expand(*parse_spec(VECTOR.replace("use: step", "use: stp")))
+    assert issues[0].rule == "unknown-template" and "step" in issues[0].hint
+    _, issues = expand(*parse_spec(VECTOR.replace("with: {hidden:", "with: {hiden:")))
+    assert issues[0].rule == "template-args" and "hidden" in issues[0].hint
+
+
+def test_extends_and_overrides(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text(VECTOR)
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nname: child\nargs: {steps: 5}\n")
+    spec, smap = read_spec(child)
+    assert spec.name == "child" and spec.args["steps"] == 5 and "step" in spec.templates
+    program, _ = expand(spec, smap)
+    assert len(program.nodes) == 15
+    spec2 = load_spec(child, {"steps": 2})
+    assert spec2.args["steps"] == 2
+    with pytest.raises(SpecError, match="no argument 'stepz'"):
+        load_spec(child, {"stepz": 2})
+    # locations of inherited entries point at the base file
+    _, smap = read_spec(child)
+    assert smap.locate(("templates", "step")).file == str(base)
+
+
+def test_json_schema_lists_the_format_and_ops():
+    from flowgraph.spec.schema import spec_json_schema
+
+    schema = spec_json_schema()
+    assert schema["title"].startswith("flowgraph spec")
+    assert {"inputs", "nodes", "outputs", "templates"} <= set(schema["properties"])
+    assert "affine_coupling" in schema["x-ops"] and "net" in str(schema["x-ops"]["affine_coupling"])
