@@ -20,8 +20,8 @@ from flowgraph.ops.actnorm import ActNorm
 from flowgraph.ops.base import std_normal_log_prob
 from flowgraph.ops.registry import CallSite, OpDef, TensorType
 
-__all__ = ["check_flow_module", "check_inline_op", "check_op", "check_prior", "check_prior_op",
-           "make_inputs", "per_sample_logabsdet", "perturb_"]
+__all__ = ["check_export", "check_flow_module", "check_inline_op", "check_op", "check_prior",
+           "check_prior_op", "make_inputs", "per_sample_logabsdet", "perturb_"]
 
 
 @torch.no_grad()
@@ -182,6 +182,42 @@ def check_prior(prior: nn.Module, z: Tensor, cond: Sequence[Tensor] = (), *,
             _close(s.log_prob(z, cond), lp, "scripted log_prob", rtol, atol)
             _close(s.sample(eps, cond), prior.sample(eps, cond), "scripted sample", rtol, atol)
             _close(s.standardize(z, cond), eps, "scripted standardize", rtol, atol)
+
+
+class _Inverse(nn.Module):
+    """Exposes a flow module's inverse as `forward`, for torch.export."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, y: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
+        return self.module.inverse(y, cond)
+
+
+def check_export(module: nn.Module, x: Tensor, cond: Sequence[Tensor] = (),
+                 noise: Tensor | None = None, *, rtol: float = 1e-6, atol: float = 1e-8) -> None:
+    """`torch.export` forward and inverse of a frozen copy with a dynamic batch; the exported
+    programs must match eager, also at another batch size, and hold no linear algebra."""
+    module = copy.deepcopy(module).eval()
+    module.freeze()
+    cond = list(cond)
+    batch = torch.export.Dim("batch", min=2, max=1024)
+    y, _ = module(x, cond, noise)
+    specs = ({0: batch}, [{0: batch} for _ in cond], None if noise is None else {0: batch})
+    fwd = torch.export.export(module, (x, cond, noise), dynamic_shapes=specs)
+    inv = torch.export.export(_Inverse(module), (y, cond), dynamic_shapes=specs[:2])
+    for program in (fwd, inv):
+        targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+        assert not [t for t in targets if "linalg" in t], f"linear algebra after freeze: {targets}"
+    n = x.shape[0] + 1  # a batch size the export did not see
+    xs, cs = x.repeat_interleave(2, 0)[:n], [c.repeat_interleave(2, 0)[:n] for c in cond]
+    ns = None if noise is None else noise.repeat_interleave(2, 0)[:n]
+    ye, lde = fwd.module()(xs, cs, ns)
+    yr, ldr = module(xs, cs, ns)
+    _close(ye, yr, "exported forward", rtol, atol)
+    _close(lde, ldr, "exported log-det", rtol, atol)
+    _close(inv.module()(yr, cs)[0], module.inverse(yr, cs)[0], "exported inverse", rtol, atol)
 
 
 def make_inputs(types: Sequence[TensorType], batch: int, dtype: torch.dtype,

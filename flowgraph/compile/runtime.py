@@ -12,10 +12,9 @@ For discrete data the dequantization term includes ``-D·bits·ln 2``, which mak
 bound on the log-probability of the integer data and `bits_per_dim` the usual measure.
 """
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
+from typing import List, Optional, Tuple  # noqa: UP035 - TorchScript reads these
 
 import torch
 from torch import Tensor, nn
@@ -26,8 +25,8 @@ __all__ = ["CompiledFlow"]
 class CompiledFlow(nn.Module):
     """A flow compiled from a spec. Attribute names of submodules are the spec's node ids."""
 
-    data_shape: list[int]
-    latent_shapes: list[list[int]]
+    data_shape: List[int]  # noqa: UP006
+    latent_shapes: List[List[int]]  # noqa: UP006
     data_dims: int
     latent_dim: int
     noise_dim: int
@@ -45,21 +44,21 @@ class CompiledFlow(nn.Module):
         self.register_buffer("_ref", torch.zeros(0), persistent=False)
 
     # -- the public, exportable API ---------------------------------------------------------
-    def forward(self, x: Tensor, context: Tensor | None = None, noise: Tensor | None = None
-                ) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, context: Optional[Tensor] = None, noise: Optional[Tensor] = None
+                ) -> Tuple[Tensor, Tensor]:
         """x -> (z, logdet). `noise` ([B, noise_dim] standard normal) fixes stochastic nodes."""
         z, logdet, _ = self._forward_terms(x, context, noise)
         return z, logdet
 
     @torch.jit.export
-    def log_prob_once(self, x: Tensor, context: Tensor | None = None,
-                      noise: Tensor | None = None) -> Tensor:
+    def log_prob_once(self, x: Tensor, context: Optional[Tensor] = None,
+                      noise: Optional[Tensor] = None) -> Tensor:
         """Single-sample log-likelihood (exact for bijective graphs, else a lower bound)."""
         _, logdet, log_prior = self._forward_terms(x, context, noise)
         return logdet + log_prior
 
     @torch.jit.export
-    def log_prob(self, x: Tensor, context: Tensor | None = None, k: int = 1,
+    def log_prob(self, x: Tensor, context: Optional[Tensor] = None, k: int = 1,
                  chunk: int = 0) -> Tensor:
         """log p(x): exact, or the importance-weighted bound over `k` noise samples.
 
@@ -74,7 +73,7 @@ class CompiledFlow(nn.Module):
         done = 0
         while done < k:
             m = min(step, k - done)
-            ctx: Tensor | None = None
+            ctx: Optional[Tensor] = None
             if context is not None:
                 ctx = context.repeat_interleave(m, 0)
             lw = self.log_prob_once(x.repeat_interleave(m, 0), ctx, None).view(b, m)
@@ -83,29 +82,29 @@ class CompiledFlow(nn.Module):
         return acc - math.log(k)
 
     @torch.jit.export
-    def bits_per_dim(self, x: Tensor, context: Tensor | None = None, k: int = 1,
+    def bits_per_dim(self, x: Tensor, context: Optional[Tensor] = None, k: int = 1,
                      chunk: int = 0) -> Tensor:
         """−log2 p(x) / D per sample, D = data dimensions (noise dimensions excluded)."""
         return -self.log_prob(x, context, k, chunk) / (self.data_dims * math.log(2.0))
 
     @torch.jit.export
-    def inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """z -> x with every latent given (nothing is re-sampled)."""
         x, _ = self._inverse(z, context)
         return x
 
     @torch.jit.export
-    def inverse_and_log_det(self, z: Tensor, context: Tensor | None = None
-                            ) -> tuple[Tensor, Tensor]:
+    def inverse_and_log_det(self, z: Tensor, context: Optional[Tensor] = None
+                            ) -> Tuple[Tensor, Tensor]:
         return self._inverse(z, context)
 
     @torch.jit.export
-    def sample_from_noise(self, eps: Tensor, context: Tensor | None = None) -> Tensor:
+    def sample_from_noise(self, eps: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Map standard-normal `eps` ([B, latent_dim]) through the priors and the inverse."""
         return self._generate(eps, context)
 
     @torch.jit.export
-    def sample(self, n: int, temperature: float = 1.0, context: Tensor | None = None
+    def sample(self, n: int, temperature: float = 1.0, context: Optional[Tensor] = None
                ) -> Tensor:
         """n samples; `temperature` scales the standard-normal noise of every latent."""
         eps = torch.randn([n, self.latent_dim], dtype=self._ref.dtype, device=self._ref.device)
@@ -113,16 +112,16 @@ class CompiledFlow(nn.Module):
 
     # -- eager-only helpers ------------------------------------------------------------------
     @torch.jit.unused
-    def draw_noise(self, batch: int, generator: torch.Generator | None = None,
-                   dtype: torch.dtype | None = None, device: torch.device | None = None
+    def draw_noise(self, batch: int, generator: Optional[torch.Generator] = None,
+                   dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None
                    ) -> Tensor:
         """Standard-normal noise for `forward`/`log_prob_once`, reproducible via `generator`."""
         return torch.randn(batch, self.noise_dim, generator=generator,
                            dtype=dtype or self._ref.dtype, device=device or self._ref.device)
 
     @torch.jit.unused
-    def initialize(self, x: Tensor, context: Tensor | None = None,
-                   all_reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+    def initialize(self, x: Tensor, context: Optional[Tensor] = None,
+                   all_reduce: Optional[Callable[[Tensor], Tensor]] = None) -> None:
         """Data-dependent initialisation (ActNorm) from a batch, run once before training.
 
         Each module with a ``data_init`` method is initialised from its own input, in forward
@@ -151,7 +150,7 @@ class CompiledFlow(nn.Module):
         return all(bool(f.item()) for f in flags)
 
     @torch.jit.unused
-    def freeze(self) -> CompiledFlow:
+    def freeze(self) -> "CompiledFlow":
         """Cache inverse weights and constant log-dets in every op (for export)."""
         for m in self.modules():
             if m is not self and hasattr(m, "freeze"):

@@ -68,7 +68,9 @@ def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
         issues += check_consumption(graph)
         issues += check_invertibility(graph)
     totals, shape_issues = infer_shapes(graph, limits)
-    issues += [i for i in shape_issues if not (expand_issues and i.rule == "dims")]
+    issues += shape_issues
+    if len(issues) > 1:  # the global dimension tally only explains something on its own
+        issues = [i for i in issues if not (i.rule == "dims" and i.node is None)]
     if not program.latents and not expand_issues:
         issues.append(Issue("latent", "a spec declares at least one latent in 'outputs'",
                             location=smap.locate(("outputs",))))

@@ -28,6 +28,7 @@ def default_ops() -> list[OpDef]:
     from flowgraph.ops.conv1x1 import CONV1X1_OP
     from flowgraph.ops.coupling import AFFINE_COUPLING_OP
     from flowgraph.ops.dequantize import DEQUANTIZE_UNIFORM_OP
+    from flowgraph.ops.dequantize_variational import DEQUANTIZE_VARIATIONAL_OP
     from flowgraph.ops.permute import PERMUTE_OP
     from flowgraph.ops.priors import CHANNEL_NORMAL_OP, CONDITIONAL_NORMAL_OP, STANDARD_NORMAL_OP
     from flowgraph.ops.reshape import CONCAT_OP, SPLIT_OP, SQUEEZE_OP, UNSQUEEZE_OP
@@ -35,6 +36,7 @@ def default_ops() -> list[OpDef]:
     return [
         # data side
         DEQUANTIZE_UNIFORM_OP,
+        DEQUANTIZE_VARIATIONAL_OP,
         SCALAR_AFFINE_OP,
         LOGIT_OP,
         # Glow / DenseFlow step

@@ -62,14 +62,13 @@ class ActNorm(FlowModule):
     def forward(self, x: Tensor, cond: list[Tensor], noise: Tensor | None
                 ) -> tuple[Tensor, Tensor]:
         z = (x - self.shift) * torch.exp(-self.log_scale)
-        ld = -self.spatial * self.log_scale.sum()
-        return z, ld.expand(x.shape[0])
+        # a fresh [B] tensor (not an expand view), so callers may update it in place
+        return z, x.new_zeros(x.shape[0]) - self.spatial * self.log_scale.sum()
 
     @torch.jit.export
     def inverse(self, y: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
         x = y * torch.exp(self.log_scale) + self.shift
-        ld = self.spatial * self.log_scale.sum()
-        return x, ld.expand(y.shape[0])
+        return x, y.new_zeros(y.shape[0]) + self.spatial * self.log_scale.sum()
 
     def data_init(self, x: Tensor,
                   all_reduce: Callable[[Tensor], Tensor] | None = None) -> None:

@@ -12,9 +12,8 @@ from flowgraph.errors import ShapeError
 from flowgraph.nn import DEFAULT_NETS, NetSpec
 from flowgraph.nn.simple import CrossUnitNetParams
 from flowgraph.ops.affine import require_continuous
-from flowgraph.ops.base import FlowModule
+from flowgraph.ops.base import FlowModule, std_normal_log_prob
 from flowgraph.ops.coupling import condition_channels, conditions_to_features
-from flowgraph.ops.priors import std_normal_log_prob
 from flowgraph.ops.registry import OpDef, OpParams, Shape, TensorType
 from flowgraph.ops.scales import ScaleName, log_scale, resolve_scale
 

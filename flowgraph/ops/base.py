@@ -27,14 +27,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlowModule", "LOG_2PI", "Prior", "std_normal_log_prob"]
-
-LOG_2PI = math.log(2 * math.pi)
+__all__ = ["FlowModule", "Prior", "std_normal_log_prob"]
 
 
 def std_normal_log_prob(x: Tensor) -> Tensor:
-    """Per-sample log N(x; 0, I), summed over all but the batch dimension."""
-    return -0.5 * (x * x + LOG_2PI).flatten(1).sum(1)
+    """Per-sample log N(x; 0, I), summed over all but the batch dimension (scriptable)."""
+    return -0.5 * (x * x + math.log(2 * math.pi)).flatten(1).sum(1)
 
 
 class FlowModule(nn.Module):

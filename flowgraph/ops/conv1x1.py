@@ -62,7 +62,7 @@ class _Conv1x1(FlowModule):
             w, logdet = self.w_frozen, self.logdet_frozen
         else:
             w, logdet = self.weight_and_logdet()
-        return self._apply_weight(x, w), (self.spatial * logdet).expand(x.shape[0])
+        return self._apply_weight(x, w), x.new_zeros(x.shape[0]) + self.spatial * logdet
 
     @torch.jit.export
     def inverse(self, y: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -70,7 +70,7 @@ class _Conv1x1(FlowModule):
             w_inv, logdet = self.w_inv_frozen, self.logdet_frozen
         else:
             w_inv, logdet = self.inverse_weight(), self.weight_and_logdet()[1]
-        return self._apply_weight(y, w_inv), (-self.spatial * logdet).expand(y.shape[0])
+        return self._apply_weight(y, w_inv), y.new_zeros(y.shape[0]) - self.spatial * logdet
 
     def freeze(self) -> None:
         with torch.no_grad():

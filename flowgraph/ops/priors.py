@@ -14,22 +14,12 @@ from torch import Tensor, nn
 
 from flowgraph.errors import ShapeError
 from flowgraph.ops.affine import require_continuous
-from flowgraph.ops.base import Prior
+from flowgraph.ops.base import Prior, std_normal_log_prob
 from flowgraph.ops.coupling import condition_channels, conditions_to_features
 from flowgraph.ops.registry import OpDef, OpParams, TensorType
 
 __all__ = ["CHANNEL_NORMAL_OP", "CONDITIONAL_NORMAL_OP", "STANDARD_NORMAL_OP", "ChannelNormal",
-           "ConditionalNormal", "PriorParams", "StandardNormal", "normal_log_prob",
-           "std_normal_log_prob"]
-
-
-def std_normal_log_prob(x: Tensor) -> Tensor:
-    """Per-sample log N(x; 0, I), summed over all but the batch dimension.
-
-    Same as `flowgraph.ops.base.std_normal_log_prob`, but scriptable: TorchScript cannot close
-    over a module-level float such as ``LOG_2PI``, so the constant is spelled inline.
-    """
-    return -0.5 * (x * x + math.log(2.0 * math.pi)).flatten(1).sum(1)
+           "ConditionalNormal", "PriorParams", "StandardNormal", "normal_log_prob"]
 
 
 def normal_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:

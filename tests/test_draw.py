@@ -1,0 +1,448 @@
+"""`flowgraph draw`: DOT structure of both views, determinism, and real renders with `dot`."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from flowgraph.cli.main import main
+from flowgraph.draw import COND_COLOR, UNIT_FILL, DrawError, render, to_dot
+from flowgraph.graph import analyze
+from flowgraph.spec import parse_spec
+from flowgraph.spec.io import read_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = sorted((ROOT / "specs").glob("**/*.yaml"))
+HAS_DOT = shutil.which("dot") is not None
+needs_dot = pytest.mark.skipif(not HAS_DOT, reason="graphviz `dot` is not installed")
+SHAPE = re.compile(r"^\d+(×\d+)*( \(\d+-bit\))?$")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Two DenseFlow-like blocks: units of glow-like modules, cross-unit couplings reading
+# ${earlier}, a squeeze-and-drop transition between the blocks.
+DENSE = """
+flowgraph: 1
+name: tiny-dense
+args: {units: [4, 2], modules: [2, 1], growth: 2}
+inputs:
+  x: {shape: [3, 8, 8], bits: 8}
+templates:
+  module:
+    nodes:
+      - {id: actnorm, op: actnorm, in: x}
+      - {id: conv, op: conv1x1, in: actnorm}
+      - {id: coupling, op: affine_coupling, in: conv, params: {net: {kind: glow, hidden: 8}}}
+      - {id: swap, op: permute, in: coupling, params: {kind: swap_halves}}
+  dense_block:
+    args: {units: 1, modules: 1}
+    nodes:
+      - id: u
+        repeat: "${units}"
+        in: x
+        body:
+          - id: aug
+            op: cross_unit_coupling
+            when: "${i > 0}"
+            in: "${prev}"
+            condition: "${earlier}"
+            params: {growth: "${growth}"}
+          - {id: m, repeat: "${modules}", use: module, in: aug}
+  transition:
+    nodes:
+      - {id: squeeze, op: squeeze, in: x}
+      - {id: split, op: split, in: squeeze}
+    output: "split:first"
+nodes:
+  - {id: deq, op: dequantize_uniform, in: x}
+  - {id: squeeze, op: squeeze, in: deq}
+  - {id: block1, use: dense_block, in: squeeze, with: {units: "${units[0]}", modules: "${modules[0]}"}}
+  - {id: t1, use: transition, in: block1}
+  - {id: block2, use: dense_block, in: t1, with: {units: "${units[1]}", modules: "${modules[1]}"}}
+outputs:
+  z1: {from: "t1.split:second"}
+  z: {from: block2, prior: {dist: channel_normal}}
+"""
+
+# Multi-scale Glow: levels of squeeze, flow steps and a split; no augmentation.
+GLOW = """
+flowgraph: 1
+name: tiny-glow
+inputs:
+  x: {shape: [3, 8, 8], bits: 8}
+templates:
+  step:
+    nodes:
+      - {id: actnorm, op: actnorm, in: x}
+      - {id: conv, op: conv1x1, in: actnorm}
+      - {id: coupling, op: affine_coupling, in: conv, params: {net: {kind: glow, hidden: 8}}}
+  level:
+    nodes:
+      - {id: squeeze, op: squeeze, in: x}
+      - {id: step, repeat: 3, use: step, in: squeeze}
+      - {id: split, op: split, in: step}
+    output: "split:first"
+nodes:
+  - {id: deq, op: dequantize_uniform, in: x}
+  - {id: level1, use: level, in: deq}
+  - {id: level2, use: level, in: level1}
+outputs:
+  z1: {from: "level1.split:second"}
+  z2: {from: "level2.split:second"}
+  z: {from: level2}
+"""
+
+# RealNVP-like 2-D toy: flat repeated layers, a context input used as a condition.
+TOY = """
+flowgraph: 1
+name: toy-2d
+inputs:
+  x: {shape: [2]}
+  c: {shape: [3], role: context}
+templates:
+  layer:
+    nodes:
+      - {id: coupling, op: affine_coupling, in: x, condition: [c], params: {net: {kind: mlp, hidden: [16]}}}
+      - {id: flip, op: permute, in: coupling, params: {kind: reverse}}
+nodes:
+  - {id: first, op: affine_coupling, in: x, params: {net: {kind: mlp, hidden: [16]}}}
+  - {id: layer, repeat: 3, use: layer, in: first}
+outputs:
+  z: {from: layer}
+"""
+
+
+def analysis_of(body: str, name: str = "d.yaml"):
+    spec, smap = parse_spec(textwrap.dedent(body).strip() + "\n", name)
+    return analyze(spec, smap)
+
+
+# -- a small reader of the DOT that `to_dot` writes (one statement per line) ----------------
+
+_ATTR = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+_NODE = re.compile(r'^\s*"((?:[^"\\]|\\.)*)" \[(.*)\];$')
+_EDGE = re.compile(r'^\s*"((?:[^"\\]|\\.)*)" -> "((?:[^"\\]|\\.)*)"(?: \[(.*)\])?;$')
+_CLUSTER = re.compile(r'^\s*subgraph "(cluster_[^"]*)" \{$')
+
+
+def _attrs(text: str | None) -> dict[str, str]:
+    return {k: v.replace("\\n", "\n").replace('\\"', '"')
+            for k, v in _ATTR.findall(text or "")}
+
+
+@dataclass
+class Dot:
+    nodes: dict[str, dict[str, str]] = field(default_factory=dict)
+    cluster_of: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> clusters
+    clusters: dict[str, dict[str, str]] = field(default_factory=dict)
+    edges: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+
+    def edges_to(self, dst: str, dashed: bool | None = None) -> list[tuple[str, str, dict]]:
+        return [e for e in self.edges if e[1] == dst
+                and (dashed is None or ("dashed" in e[2].get("style", "")) == dashed)]
+
+    def data_edges(self):
+        return [e for e in self.edges if "dashed" not in e[2].get("style", "")]
+
+    def cond_edges(self):
+        return [e for e in self.edges if "dashed" in e[2].get("style", "")]
+
+
+def parse_dot(text: str) -> Dot:
+    d = Dot()
+    stack: list[str] = []
+    lines = text.splitlines()
+    assert lines[0].startswith("digraph ") and lines[-1] == "}"
+    for line in lines[1:-1]:
+        if m := _CLUSTER.match(line):
+            stack.append(m.group(1))
+            d.clusters[m.group(1)] = {}
+        elif line.strip() == "}":
+            stack.pop()
+        elif m := _EDGE.match(line):
+            d.edges.append((m.group(1), m.group(2), _attrs(m.group(3))))
+        elif m := _NODE.match(line):
+            assert m.group(1) not in d.nodes, f"node {m.group(1)} declared twice"
+            d.nodes[m.group(1)] = _attrs(m.group(2))
+            d.cluster_of[m.group(1)] = tuple(stack)
+        elif stack and (m := re.match(r'^\s*(\w+)="(.*)";$', line)):
+            d.clusters[stack[-1]][m.group(1)] = m.group(2).replace("\\n", "\n")
+        else:
+            assert re.match(r"^\s*(graph|node|edge) \[", line), line
+    assert not stack
+    for src, dst, _ in d.edges:  # every edge joins declared nodes
+        assert src in d.nodes and dst in d.nodes, (src, dst)
+    return d
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return analysis_of(DENSE)
+
+
+@pytest.fixture(scope="module")
+def dense_blocks(dense):
+    return parse_dot(to_dot(dense))
+
+
+# -- blocks view -----------------------------------------------------------------------------
+
+def test_blocks_view_has_a_cluster_per_block_and_gray_unit_boxes(dense_blocks):
+    d = dense_blocks
+    assert set(d.clusters) == {"cluster_block1", "cluster_block2"}
+    assert d.clusters["cluster_block1"]["label"].startswith("block1\n4 units")
+    assert d.clusters["cluster_block2"]["label"].startswith("block2\n2 units")
+    units = {n for n, a in d.nodes.items() if a.get("fillcolor") == UNIT_FILL}
+    assert units == {"block1.u0", "block1.u1", "block1.u2", "block1.u3",
+                     "block2.u0", "block2.u1"}
+    for u in units:
+        a = d.nodes[u]
+        assert a["shape"] == "box" and "filled" in a["style"]
+        block = u.split(".")[0]
+        assert d.cluster_of[u] == (f"cluster_{block}",)
+        assert a["label"] == f"{u.split('.')[1]}\n" + (
+            "2 modules" if block == "block1" else "1 module")
+    # modules are collapsed into their units: no op node of a unit is drawn
+    assert not any(n.count(".") >= 2 for n in d.nodes if not n.endswith(".aug"))
+
+
+def test_blocks_view_draws_augmentation_as_blue_dots_with_dashed_skips(dense_blocks):
+    d = dense_blocks
+    dots = {n for n, a in d.nodes.items() if a.get("shape") == "circle"}
+    assert dots == {"block1.u1.aug", "block1.u2.aug", "block1.u3.aug", "block2.u1.aug"}
+    for n in dots:
+        a = d.nodes[n]
+        assert a["label"] == "" and a["fillcolor"] == COND_COLOR and "filled" in a["style"]
+        assert d.cluster_of[n] == (f"cluster_{n.split('.')[0]}",)
+        # unit i gets i dashed skip connections (${earlier}: block input + units 0..i-2),
+        # and its data input (unit i-1) as a solid edge
+        i = int(n.split(".")[1][1:])
+        skips = d.edges_to(n, dashed=True)
+        assert len(skips) == i, (n, skips)
+        assert all(e[2]["color"] == COND_COLOR for e in skips)
+        (data,) = d.edges_to(n, dashed=False)
+        assert data[0] == n.rsplit(".", 2)[0] + f".u{i - 1}"
+    block_in = {"block1": "squeeze", "block2": "t1"}
+    for n in dots:
+        block, unit = n.split(".")[:2]
+        i = int(unit[1:])
+        srcs = {e[0] for e in d.edges_to(n, dashed=True)}
+        assert srcs == {block_in[block]} | {f"{block}.u{k}" for k in range(i - 1)}
+    assert len(d.cond_edges()) == 1 + 2 + 3 + 1
+
+
+def test_blocks_view_draws_transitions_as_dotted_squares_and_shapes_on_edges(dense_blocks):
+    d = dense_blocks
+    t1 = d.nodes["t1"]
+    assert t1["shape"] == "square" and "dotted" in t1["style"]
+    assert "squeeze + drop" in t1["label"]
+    assert d.cluster_of["t1"] == ()
+    squeeze = d.nodes["squeeze"]  # a lone space-to-channel op is a dotted square too
+    assert squeeze["shape"] == "square" and "dotted" in squeeze["style"]
+    squares = {n for n, a in d.nodes.items() if a.get("shape") == "square"}
+    assert squares == {"squeeze", "t1"}
+    # latents are terminal ellipses with prior and shape
+    assert d.nodes["z1"]["label"] == "z1\nstandard_normal\n36×2×2"
+    assert d.nodes["z"]["label"] == "z\nchannel_normal\n38×2×2"
+    assert all(d.nodes[z]["shape"] == "ellipse" for z in ("z1", "z"))
+    assert not [e for e in d.edges if e[0] in ("z1", "z")]
+    # every data edge carries a tensor shape
+    labels = {(s, t): a["label"] for s, t, a in d.data_edges()}
+    assert all(SHAPE.match(lbl) for lbl in labels.values()), labels
+    assert labels[("x", "deq")] == "3×8×8 (8-bit)"
+    assert labels[("deq", "squeeze")] == "3×8×8"
+    assert labels[("squeeze", "block1.u0")] == "12×4×4"
+    assert labels[("block1.u0", "block1.u1.aug")] == "12×4×4"
+    assert labels[("block1.u1.aug", "block1.u1")] == "14×4×4"
+    assert labels[("block1.u3", "t1")] == "18×4×4"
+    assert labels[("t1", "z1")] == "36×2×2"
+    assert labels[("t1", "block2.u0")] == "36×2×2"
+    assert labels[("block2.u1", "z")] == "38×2×2"
+    # dashed skips carry no shape label and no edge is drawn twice
+    assert all("label" not in a for _, _, a in d.cond_edges())
+    assert len({(s, t, a.get("style")) for s, t, a in d.edges}) == len(d.edges)
+
+
+def test_blocks_view_of_glow_and_a_2d_toy_is_sensible():
+    g = parse_dot(to_dot(analysis_of(GLOW)))
+    assert set(g.clusters) == {"cluster_level1", "cluster_level2"}
+    steps = {n for n, a in g.nodes.items() if a.get("fillcolor") == UNIT_FILL}
+    assert steps == {f"level{k}.step{j}" for k in (1, 2) for j in range(3)}
+    assert all(g.nodes[s]["label"].endswith("3 ops") for s in steps)
+    assert g.nodes["level1.squeeze"]["shape"] == "square"
+    assert g.cluster_of["level1.split"] == ("cluster_level1",)
+    assert not any(a.get("shape") == "circle" for a in g.nodes.values())
+    assert g.edges_to("z1")[0][0] == "level1.split"
+
+    t = parse_dot(to_dot(analysis_of(TOY)))
+    assert t.clusters == {}
+    boxes = {n for n, a in t.nodes.items() if a.get("fillcolor") == UNIT_FILL}
+    assert boxes == {"layer0", "layer1", "layer2"}
+    assert t.nodes["first"]["label"] == "first\naffine_coupling"
+    assert t.nodes["c"]["style"] == "dashed"  # a context input
+    conds = t.cond_edges()
+    assert {(s, d) for s, d, _ in conds} == {("c", f"layer{k}") for k in range(3)}
+    assert all(a["color"] == COND_COLOR for _, _, a in conds)
+    assert [a["label"] for s, d, a in t.data_edges() if d == "layer0"] == ["2"]
+
+
+# -- detailed view ---------------------------------------------------------------------------
+
+def test_detailed_view_shows_every_op_in_nested_clusters(dense):
+    g = dense.graph
+    d = parse_dot(to_dot(dense, "detailed"))
+    assert set(d.nodes) == set(g.nodes)
+    for node in g.nodes.values():
+        a = d.nodes[node.id]
+        parts = node.id.split(".")
+        if node.kind == "op":
+            assert a["label"].split("\n")[0] == parts[-1]
+            assert a["label"].split("\n")[-1] == node.op_name
+            assert d.cluster_of[node.id] == tuple(
+                "cluster_" + ".".join(parts[:k]) for k in range(1, len(parts)))
+        else:
+            assert d.cluster_of[node.id] == ()
+    assert d.nodes["z1"]["shape"] == "ellipse"
+    assert not [e for e in d.edges if g.nodes[e[0]].kind == "latent"]  # latents are sinks
+    assert {"cluster_block1", "cluster_block1.u2", "cluster_block1.u2.m1", "cluster_t1"} \
+        <= set(d.clusters)
+
+
+def test_detailed_view_styles_condition_edges_apart_from_data_edges(dense):
+    g = dense.graph
+    d = parse_dot(to_dot(dense, "detailed"))
+    n_data = sum(len(g.data_inputs(n)) for n in g.nodes)
+    n_cond = sum(len(g.condition_inputs(n)) for n in g.nodes)
+    assert (len(d.data_edges()), len(d.cond_edges())) == (n_data, n_cond)
+    assert n_cond == 1 + 2 + 3 + 1
+    for _, _, a in d.cond_edges():
+        assert a["style"] == "dashed" and a["color"] == COND_COLOR and "label" not in a
+    for _, _, a in d.data_edges():
+        assert "color" not in a and "style" not in a
+        assert SHAPE.match(a["label"].split(": ")[-1])
+    by_pair = {(s, t): a for s, t, a in d.edges}
+    assert by_pair[("t1.split", "z1")]["label"] == "second: 36×2×2"
+    assert by_pair[("block1.u0.m1.swap", "block1.u2.aug")]["style"] == "dashed"
+    t = parse_dot(to_dot(analysis_of(TOY), "detailed"))
+    assert {(s, d) for s, d, _ in t.cond_edges()} == {("c", f"layer{k}.coupling")
+                                                      for k in range(3)}
+
+
+# -- determinism and errors ------------------------------------------------------------------
+
+@pytest.mark.parametrize("view", ["blocks", "detailed"])
+def test_dot_is_deterministic(view):
+    a, b = analysis_of(DENSE), analysis_of(DENSE)
+    assert to_dot(a, view) == to_dot(b, view)
+    assert to_dot(a, view, rankdir="TB") == to_dot(b, view, rankdir="TB")
+    assert 'rankdir="TB"' in to_dot(a, view, rankdir="TB")
+
+
+def test_bad_view_rankdir_and_format_are_draw_errors(dense, tmp_path):
+    with pytest.raises(DrawError, match="unknown view"):
+        to_dot(dense, "fancy")  # type: ignore[arg-type]
+    with pytest.raises(DrawError, match="rankdir"):
+        to_dot(dense, rankdir="XY")
+    with pytest.raises(DrawError, match="unknown format"):
+        render(to_dot(dense), tmp_path / "out.jpeg2000")
+    with pytest.raises(DrawError, match="does not exist"):
+        render(to_dot(dense), tmp_path / "missing" / "out.svg")
+
+
+def test_missing_dot_says_how_to_install_graphviz(dense, tmp_path, monkeypatch):
+    monkeypatch.setattr("flowgraph.draw.shutil.which", lambda name: None)
+    with pytest.raises(DrawError, match="apt-get install graphviz"):
+        render(to_dot(dense), tmp_path / "out.svg")
+    out = render(to_dot(dense), tmp_path / "out.dot")  # the source needs no graphviz
+    assert out.read_text().startswith("digraph ")
+
+
+# -- real renders ----------------------------------------------------------------------------
+
+def check_file(path: Path, fmt: str) -> None:
+    data = path.read_bytes()
+    assert data, path
+    if fmt == "svg":
+        text = data.decode("utf-8")
+        assert text.startswith("<?xml") or "<svg" in text
+        assert "<svg" in text and text.rstrip().endswith("</svg>")
+    elif fmt == "png":
+        assert data.startswith(PNG_MAGIC)
+    else:
+        assert data.startswith(b"%PDF")
+
+
+def test_there_are_specs_to_render():
+    assert SPECS, "specs/ holds no *.yaml"
+
+
+@needs_dot
+@pytest.mark.parametrize("spec_path", SPECS, ids=[str(p.relative_to(ROOT)) for p in SPECS])
+def test_every_spec_renders_to_svg_and_png(spec_path, tmp_path):
+    spec, smap = read_spec(spec_path)
+    start = time.perf_counter()
+    source = to_dot(analyze(spec, smap))
+    for fmt in ("svg", "png"):
+        check_file(render(source, tmp_path / f"{spec_path.stem}.{fmt}"), fmt)
+    assert time.perf_counter() - start < 60
+
+
+@needs_dot
+@pytest.mark.parametrize("body", [DENSE, GLOW, TOY], ids=["dense", "glow", "toy"])
+@pytest.mark.parametrize("view", ["blocks", "detailed"])
+def test_inline_specs_render_in_both_views(body, view, tmp_path):
+    source = to_dot(analysis_of(body), view)
+    for fmt in ("svg", "png", "pdf"):
+        check_file(render(source, tmp_path / f"out.{fmt}"), fmt)
+    check_file(render(source, tmp_path / "forced.out", fmt="svg"), "svg")
+
+
+# -- CLI -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def dense_file(tmp_path):
+    path = tmp_path / "dense.yaml"
+    path.write_text(textwrap.dedent(DENSE).strip() + "\n")
+    return path
+
+
+@needs_dot
+def test_cli_draw_writes_the_file(dense_file, tmp_path, capsys):
+    out = tmp_path / "d.svg"
+    assert main(["draw", str(dense_file), "-o", str(out)]) == 0
+    check_file(out, "svg")
+    png = tmp_path / "d.png"
+    assert main(["draw", str(dense_file), "-o", str(png), "--view", "detailed",
+                 "--set", "units=[3, 2]", "--rankdir", "TB"]) == 0
+    check_file(png, "png")
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_draw_dot_prints_the_source(dense_file, capsys):
+    assert main(["draw", str(dense_file), "--dot", "--set", "units=[2, 2]"]) == 0
+    text = capsys.readouterr().out
+    d = parse_dot(text)
+    assert set(d.clusters) == {"cluster_block1", "cluster_block2"}
+    assert "block1.u2" not in d.nodes and "block1.u1.aug" in d.nodes
+
+
+def test_cli_draw_rejects_an_invalid_spec(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent(DENSE).replace("op: conv1x1", "op: conv9x9"))
+    assert main(["draw", str(bad), "-o", str(tmp_path / "bad.svg")]) == 2
+    err = capsys.readouterr().err
+    assert "spec is invalid" in err and "conv9x9" in err
+    assert not (tmp_path / "bad.svg").exists()
+
+
+def test_cli_draw_usage_errors(dense_file, tmp_path, capsys):
+    assert main(["draw", str(dense_file)]) == 2
+    assert "-o FILE" in capsys.readouterr().err
+    assert main(["draw", str(dense_file), "-o", str(tmp_path / "x.bmpx")]) == 2
+    assert "unknown format" in capsys.readouterr().err
+    assert main(["draw", str(dense_file), "--set", "nope=1", "--dot"]) == 2
