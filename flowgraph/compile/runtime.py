@@ -25,6 +25,8 @@ __all__ = ["CompiledFlow"]
 class CompiledFlow(nn.Module):
     """A flow compiled from a spec. Attribute names of submodules are the spec's node ids."""
 
+    __jit_unused_properties__ = ["code"]  # noqa: RUF012 - TorchScript's opt-out list
+
     data_shape: List[int]  # noqa: UP006
     latent_shapes: List[List[int]]  # noqa: UP006
     data_dims: int

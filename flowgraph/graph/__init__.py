@@ -57,14 +57,15 @@ def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
     issues += expand_issues
     if len(program.inputs) != len(spec.inputs):
         return None, issues
-    graph, build_issues = build_graph(program, registry, smap)
+    graph, build_issues = build_graph(program, registry, smap, quiet_missing=bool(expand_issues))
     issues += build_issues
-    issues += check_arity(graph)
+    if not expand_issues:  # nodes that failed to expand would only cascade into noise
+        issues += check_arity(graph)
     cycles = check_cycles(graph)
     issues += cycles
     if cycles:
         return None, issues
-    if not expand_issues:  # missing nodes would only cascade into noise here
+    if not expand_issues:
         issues += check_consumption(graph)
         issues += check_invertibility(graph)
     totals, shape_issues = infer_shapes(graph, limits)

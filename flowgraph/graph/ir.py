@@ -102,8 +102,10 @@ def reserved_names() -> frozenset[str]:
 
 
 class _Builder:
-    def __init__(self, program: Program, registry: OpRegistry, smap: SourceMap):
+    def __init__(self, program: Program, registry: OpRegistry, smap: SourceMap,
+                 quiet_missing: bool):
         self.program, self.registry, self.smap = program, registry, smap
+        self.quiet_missing = quiet_missing
         self.issues: list[Issue] = []
         self.g = nx.MultiDiGraph()
         self.nodes: dict[str, GraphNode] = {}
@@ -196,6 +198,8 @@ class _Builder:
         for slot, ref in enumerate(refs):
             src = self.nodes.get(ref.node)
             path = node.path + key
+            if src is None and self.quiet_missing:
+                continue  # a node that failed to expand; already reported
             if src is None or src.kind == "latent":
                 self.issue("reference", f"{ref.node!r} is not a tensor of this graph", path,
                            node=node.id, found=str(ref))
@@ -222,8 +226,9 @@ class _Builder:
         return ref.port
 
 
-def build_graph(program: Program, registry: OpRegistry, smap: SourceMap | None = None
-                ) -> tuple[FlowGraph, list[Issue]]:
-    b = _Builder(program, registry, smap or SourceMap())
+def build_graph(program: Program, registry: OpRegistry, smap: SourceMap | None = None,
+                quiet_missing: bool = False) -> tuple[FlowGraph, list[Issue]]:
+    """`quiet_missing`: references to absent nodes were already reported by expansion."""
+    b = _Builder(program, registry, smap or SourceMap(), quiet_missing)
     graph = b.run()
     return graph, b.issues
