@@ -28,6 +28,10 @@ MLP = {"kind": "mlp", "hidden": [7]}
 CASES: list[tuple[str, dict, list[T], list[T]]] = [
     ("dequantize_uniform", {}, [T((3, 4, 4), 8)], []),
     ("dequantize_uniform", {}, [T((5,), 3)], []),
+    ("dequantize_variational", {"steps": 2, "context_width": 8, "context_depth": 1,
+                                "context_growth": 4,
+                                "net": {"kind": "dense_residual", "width": 8, "depth": 1,
+                                        "growth": 2}}, [T((1, 4, 4), 8)], []),
     ("scalar_affine", {"scale": -1.5, "shift": 0.3}, [IMG], []),
     ("scalar_affine", {}, [VEC], []),
     ("logit", {}, [IMG], []),

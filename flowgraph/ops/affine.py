@@ -11,7 +11,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from flowgraph.errors import ShapeError
-from flowgraph.ops.base import FlowModule
+from flowgraph.ops.base import FlowModule, sum_per_sample
 from flowgraph.ops.registry import OpDef, OpParams, TensorType
 
 __all__ = ["LOGIT_OP", "SCALAR_AFFINE_OP", "Logit", "LogitParams", "ScalarAffine",
@@ -108,13 +108,13 @@ class Logit(FlowModule):
         p = self.alpha + (1.0 - 2.0 * self.alpha) * x
         y = torch.log(p) - torch.log1p(-p)
         ld = self.log_range - torch.log(p) - torch.log1p(-p)
-        return y, ld.flatten(1).sum(1)
+        return y, sum_per_sample(ld)
 
     @torch.jit.export
     def inverse(self, y: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
         x = (torch.sigmoid(y) - self.alpha) / (1.0 - 2.0 * self.alpha)
         ld = F.logsigmoid(y) + F.logsigmoid(-y) - self.log_range
-        return x, ld.flatten(1).sum(1)
+        return x, sum_per_sample(ld)
 
 
 class _LogitOp(OpDef):

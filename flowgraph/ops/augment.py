@@ -12,7 +12,7 @@ from flowgraph.errors import ShapeError
 from flowgraph.nn import DEFAULT_NETS, NetSpec
 from flowgraph.nn.simple import CrossUnitNetParams
 from flowgraph.ops.affine import require_continuous
-from flowgraph.ops.base import FlowModule, std_normal_log_prob
+from flowgraph.ops.base import FlowModule, std_normal_log_prob, sum_per_sample
 from flowgraph.ops.coupling import condition_channels, conditions_to_features
 from flowgraph.ops.registry import OpDef, OpParams, Shape, TensorType
 from flowgraph.ops.scales import ScaleName, log_scale, resolve_scale
@@ -69,7 +69,7 @@ class CrossUnitCoupling(FlowModule):
             mu, s = out[:, :self.growth], out[:, self.growth:]
             log_sigma = log_scale(s, self.scale)
             e_hat = mu + torch.exp(log_sigma) * noise
-            ld = ld + log_sigma.flatten(1).sum(1)
+            ld = ld + sum_per_sample(log_sigma)
         return torch.cat([x, e_hat], 1), ld
 
     @torch.jit.export

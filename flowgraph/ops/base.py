@@ -27,11 +27,25 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlowModule", "Prior", "std_normal_log_prob"]
+__all__ = ["FlowModule", "Prior", "at_least_fp32", "std_normal_log_prob", "sum_per_sample"]
+
+
+def at_least_fp32(t: Tensor) -> Tensor:
+    """Upcast half-precision tensors: log-densities and log-dets are kept in float32 or wider
+    (under bf16 autocast a sum over thousands of bf16 values would lose whole nats)."""
+    if t.dtype == torch.float16 or t.dtype == torch.bfloat16:
+        return t.float()
+    return t
+
+
+def sum_per_sample(t: Tensor) -> Tensor:
+    """Sum over all but the batch dimension, in at least float32."""
+    return at_least_fp32(t).flatten(1).sum(1)
 
 
 def std_normal_log_prob(x: Tensor) -> Tensor:
     """Per-sample log N(x; 0, I), summed over all but the batch dimension (scriptable)."""
+    x = at_least_fp32(x)
     return -0.5 * (x * x + math.log(2 * math.pi)).flatten(1).sum(1)
 
 

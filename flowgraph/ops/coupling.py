@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from flowgraph.errors import ShapeError
 from flowgraph.nn import DEFAULT_NETS, NetSpec
 from flowgraph.ops.affine import require_continuous
-from flowgraph.ops.base import FlowModule
+from flowgraph.ops.base import FlowModule, sum_per_sample
 from flowgraph.ops.registry import OpDef, OpParams, TensorType
 from flowgraph.ops.scales import ScaleName, log_scale, resolve_scale
 
@@ -103,14 +103,14 @@ class AffineCoupling(FlowModule):
         x1, x2 = x[:, :self.split], x[:, self.split:]
         log_s, t = self._scale_shift(x1, cond)
         z2 = x2 * torch.exp(log_s) + t
-        return torch.cat([x1, z2], 1), log_s.flatten(1).sum(1)
+        return torch.cat([x1, z2], 1), sum_per_sample(log_s)
 
     @torch.jit.export
     def inverse(self, y: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
         y1, z2 = y[:, :self.split], y[:, self.split:]
         log_s, t = self._scale_shift(y1, cond)
         x2 = (z2 - t) * torch.exp(-log_s)
-        return torch.cat([y1, x2], 1), -log_s.flatten(1).sum(1)
+        return torch.cat([y1, x2], 1), -sum_per_sample(log_s)
 
 
 class _AffineCouplingOp(OpDef):

@@ -36,7 +36,7 @@ from flowgraph.nn import DEFAULT_NETS, NetSpec
 from flowgraph.nn.denseflow_net import DenseResidualNetParams
 from flowgraph.nn.dequant_context import (DequantContextNet, check_dequant_context,
                                           dequant_context_param_count)
-from flowgraph.ops.base import FlowModule
+from flowgraph.ops.base import FlowModule, sum_per_sample
 from flowgraph.ops.conv1x1 import PlainConv1x1
 from flowgraph.ops.coupling import AffineCoupling
 from flowgraph.ops.registry import OpDef, OpParams, Shape, TensorType
@@ -108,7 +108,7 @@ class DequantizeVariational(FlowModule):
         h, ld = self.final(h, [], None)
         log_q = log_q - ld
         h = _unsqueeze(h, self.c, self.h, self.w)
-        log_q = log_q - (F.logsigmoid(h) + F.logsigmoid(-h)).flatten(1).sum(1)
+        log_q = log_q - sum_per_sample(F.logsigmoid(h) + F.logsigmoid(-h))
         return torch.sigmoid(h), log_q
 
     def forward(self, x: Tensor, cond: list[Tensor], noise: Tensor | None
@@ -123,6 +123,11 @@ class DequantizeVariational(FlowModule):
     def inverse(self, y: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
         x = torch.floor(y * self.levels).clamp(0.0, self.levels - 1.0)
         return x, y.new_zeros(y.shape[0])
+
+    def freeze(self) -> None:
+        for m in self.modules():
+            if m is not self and isinstance(m, FlowModule):
+                m.freeze()
 
 
 class _DequantizeVariationalOp(OpDef):

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from flowgraph.errors import ShapeError
 from flowgraph.ops.affine import require_continuous
-from flowgraph.ops.base import Prior, std_normal_log_prob
+from flowgraph.ops.base import Prior, at_least_fp32, std_normal_log_prob
 from flowgraph.ops.coupling import condition_channels, conditions_to_features
 from flowgraph.ops.registry import OpDef, OpParams, TensorType
 
@@ -24,6 +24,7 @@ __all__ = ["CHANNEL_NORMAL_OP", "CONDITIONAL_NORMAL_OP", "STANDARD_NORMAL_OP", "
 
 def normal_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     """Per-sample log N(z; mean, exp(log_std)²), summed over all but the batch dimension."""
+    z = at_least_fp32(z)
     eps = (z - mean) * torch.exp(-log_std)
     return (-0.5 * (eps * eps + math.log(2.0 * math.pi)) - log_std).flatten(1).sum(1)
 
