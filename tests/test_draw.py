@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import SPEC_FILES
 
 from flowgraph.cli.main import main
 from flowgraph.draw import COND_COLOR, UNIT_FILL, DrawError, render, to_dot
@@ -18,7 +19,7 @@ from flowgraph.spec import parse_spec
 from flowgraph.spec.io import read_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-SPECS = sorted((ROOT / "specs").glob("**/*.yaml"))
+SPECS = SPEC_FILES
 HAS_DOT = shutil.which("dot") is not None
 needs_dot = pytest.mark.skipif(not HAS_DOT, reason="graphviz `dot` is not installed")
 SHAPE = re.compile(r"^\d+(×\d+)*( \(\d+-bit\))?$")

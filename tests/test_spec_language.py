@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import pytest
+from conftest import SPEC_FILES
 
 from flowgraph.errors import SpecError
 from flowgraph.spec import dump_spec, load_spec, parse_spec, read_spec
 from flowgraph.spec.expand import expand
 from flowgraph.spec.expr import ExprError, evaluate, substitute
 
-SPECS = sorted(Path(__file__).resolve().parents[1].joinpath("specs").rglob("*.yaml"))
+SPECS = SPEC_FILES
 
 
 def spec_text(body: str) -> str:

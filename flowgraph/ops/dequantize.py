@@ -26,23 +26,26 @@ class DequantizeUniform(FlowModule):
     q = 1 (Theriault; Ho et al., Flow++). Taking the noise as standard normal keeps one noise
     convention for every stochastic op; Φ(n) = ½(1 + erf(n/√2)).
 
-    u is clamped to at most 1 − ε with ε = 2^max(−10, bits − 23), so x + u stays below x + 1
-    in float32 (a 24-bit significand) and the inverse x = clamp(floor(y·2^bits), 0, 2^bits − 1)
-    is exact; the clamp moves a probability mass of ε per element to the point 1 − ε.
+    u is clamped to [ε, 1 − ε] with ε = 2^max(−10, bits − 23): then x + u stays inside
+    (x, x + 1) in float32 (a 24-bit significand) with a margin of ε, so the inverse
+    x = clamp(floor(y·2^bits), 0, 2^bits − 1) stays exact after the rounding errors of a deep
+    flow's inverse (without the lower margin, u ≈ 1e-5 was seen to come back as x − 1). The
+    clamp moves a probability mass of about ε per element to the interval ends.
     The inverse returns integer values in the float dtype of `y` and a zero log-det.
     """
 
     def __init__(self, bits: int, dim: int):
         super().__init__()
         self.levels = float(2**bits)
-        self.u_max = 1.0 - 2.0 ** max(-10, bits - 23)
+        self.u_min = 2.0 ** max(-10, bits - 23)
+        self.u_max = 1.0 - self.u_min
         self.logdet = -dim * bits * math.log(2.0)
 
     def forward(self, x: Tensor, cond: list[Tensor], noise: Tensor | None
                 ) -> tuple[Tensor, Tensor]:
         if noise is None:
             raise RuntimeError("dequantize_uniform needs noise: standard normal of x's shape")
-        u = (0.5 * (1.0 + torch.erf(noise * (0.5**0.5)))).clamp(max=self.u_max)
+        u = (0.5 * (1.0 + torch.erf(noise * (0.5**0.5)))).clamp(self.u_min, self.u_max)
         y = (x.to(noise.dtype) + u) / self.levels
         return y, noise.new_full([noise.shape[0]], self.logdet)
 

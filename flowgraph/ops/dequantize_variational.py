@@ -77,7 +77,8 @@ class DequantizeVariational(FlowModule):
         c4, spatial = 4 * channels, (height // 2) * (width // 2)
         self.c, self.h, self.w = channels, height, width
         self.levels = float(2**bits)
-        self.u_max = 1.0 - 2.0 ** max(-10, bits - 23)  # keeps floor() exact, as uniform does
+        self.u_min = 2.0 ** max(-10, bits - 23)  # keeps floor() exact, as dequantize_uniform
+        self.u_max = 1.0 - self.u_min
         self.logdet_bins = -channels * height * width * bits * math.log(2.0)
         self.context = DequantContextNet(channels, bits, p.context_width, p.context_depth,
                                          p.context_growth)
@@ -116,7 +117,7 @@ class DequantizeVariational(FlowModule):
         if noise is None:
             raise RuntimeError("dequantize_variational needs noise of shape [B, 4C, H/2, W/2]")
         u, log_q = self.log_q_and_u(x, noise)
-        y = (x.to(u.dtype) + u.clamp(max=self.u_max)) / self.levels
+        y = (x.to(u.dtype) + u.clamp(self.u_min, self.u_max)) / self.levels
         return y, self.logdet_bins - log_q
 
     @torch.jit.export

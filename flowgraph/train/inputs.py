@@ -1,0 +1,76 @@
+r"""What the trainer reads: the spec (file, text mapping or `FlowSpec`) and the datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import Tensor
+
+from flowgraph.data import DATASETS, DatasetError, load_dataset, make_augment
+from flowgraph.errors import FlowgraphError
+from flowgraph.train.config import TrainConfig
+
+__all__ = ["augment_for", "compile_for_training", "load_splits"]
+
+
+def compile_for_training(spec: Any, overrides: Mapping[str, Any] | None, seed: int) -> Any:
+    """Compile a spec given as a path, a `FlowSpec` or a plain mapping (``--set`` applied)."""
+    from flowgraph.compile import compile_spec
+    from flowgraph.spec.io import parse_spec
+
+    if isinstance(spec, Mapping):
+        data = dict(spec)
+        if overrides:
+            data["args"] = {**(data.get("args") or {}), **overrides}
+        spec, smap = parse_spec(yaml.safe_dump(data, sort_keys=False), "<spec mapping>")
+        return compile_spec(spec, smap=smap, seed=seed)
+    return compile_spec(spec, overrides, seed=seed)
+
+
+def _shape(data: Any) -> tuple[int, ...]:
+    if isinstance(data, Tensor):
+        return tuple(data.shape[1:])
+    return tuple(getattr(data, "shape", None) or data[0].shape)
+
+
+def load_splits(cfg: TrainConfig, flow: Any, train: Any = None, test: Any = None
+                ) -> tuple[Any, Any]:
+    """The train and test data: given in memory, or loaded from `cfg.dataset`.
+
+    A dataset without a test split gives ``test = None`` (no test bits/dim is reported). The
+    images must have the spec's data shape.
+    """
+    if train is None:
+        if cfg.dataset is None:
+            raise FlowgraphError("no training data: set `dataset` in the config or pass "
+                                 f"--dataset (one of {list(DATASETS)}).")
+        options = dict(cfg.dataset_options)
+        train = load_dataset(cfg.dataset, "train", cfg.data_dir, **options)
+        try:
+            test = load_dataset(cfg.dataset, "test", cfg.data_dir, **options)
+        except DatasetError:
+            test = None
+    expected = tuple(flow.data_shape)
+    for name, data in (("train", train), ("test", test)):
+        if data is not None and _shape(data) != expected:
+            raise FlowgraphError(
+                f"{name} images have shape {list(_shape(data))} but the spec's input is "
+                f"{list(expected)}; choose the matching dataset or spec arguments (--set).")
+    return train, test
+
+
+def augment_for(cfg: TrainConfig) -> Any:
+    """The configured augmentation; ``default`` is the dataset's official one (or none)."""
+    name = cfg.augment
+    if name == "default":
+        info = DATASETS.get(cfg.dataset or "")
+        name = info.augment if info is not None else "none"
+    return make_augment(name)
+
+
+def out_dir_default(spec: Any) -> Path:
+    """``runs/<spec file stem>`` for a spec path, else ``runs/flow``."""
+    return Path("runs") / (Path(spec).stem if isinstance(spec, (str, Path)) else "flow")
