@@ -74,11 +74,12 @@ def render_report(analysis: Analysis, depth: int | None = None) -> str:
         rows = [[r.name, str(r.nodes), r.input, r.output, f"{r.params:,}"]
                 for r in group_rows(analysis, depth)]
         out += _table(["group", "nodes", "input", "output", "params"], rows, {1, 4})
-    out += ["", "blocks (top-level groups):"]
-    rows = [[r.name, str(r.nodes), r.input, r.output, f"{r.params:,}"]
-            for r in group_rows(analysis, 1)]
-    out += ["  " + line for line in _table(["group", "nodes", "input", "output", "params"],
-                                           rows, {1, 4})]
+    if depth != 1:
+        out += ["", "blocks (top-level groups):"]
+        rows = [[r.name, str(r.nodes), r.input, r.output, f"{r.params:,}"]
+                for r in group_rows(analysis, 1)]
+        out += ["  " + line for line in _table(["group", "nodes", "input", "output", "params"],
+                                               rows, {1, 4})]
     out += ["", "latents:"]
     lat_rows = [[n.id, n.op_name, str(n.in_types[0]) if n.in_types else "?",
                  f"{n.in_types[0].numel:,}" if n.in_types else "?", f"{n.param_count:,}"]
