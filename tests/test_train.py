@@ -73,7 +73,7 @@ def spec_file(tmp_path: Path) -> Path:
 
 def config(**kw: object) -> TrainConfig:
     base = {"batch_size": 8, "epochs": 2, "warmup_steps": 3, "samples": 0, "tensorboard": False,
-            "log_every": 1, "checkpoint_every": 0, "seed": 3, "flush_denormal": False}
+            "log_every": 1, "checkpoint_every": 0, "seed": 3}
     return TrainConfig(**{**base, **kw})
 
 
@@ -383,18 +383,6 @@ def test_speed_and_stability_options_train(spec_file, tmp_path, option):
         assert all(r["grad_norm"] > 1e-3 for r in rows if r["grad_norm"])  # pre-clip norm
 
 
-def test_flush_denormal_is_set_for_cpu_training(spec_file, tmp_path):
-    tiny = torch.tensor([1e-39])  # a float32 denormal
-    try:
-        torch.set_flush_denormal(False)
-        assert (tiny * 1.0).item() != 0.0
-        Trainer(spec_file, config(flush_denormal=True), tmp_path / "r", train_data=images(8),
-                stream=io.StringIO())
-        assert (tiny * 1.0).item() == 0.0
-    finally:
-        torch.set_flush_denormal(False)
-
-
 # ----------------------------------------------------------------------------------- CLI
 
 
@@ -411,8 +399,7 @@ def test_cli_trains_resumes_and_refuses_to_overwrite(spec_file, tmp_path, capsys
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml.safe_dump({
         "dataset": "folder", "data_dir": str(data), "dataset_options": {"channels": 1},
-        "batch_size": 8, "epochs": 1, "warmup_steps": 2, "samples": 4, "tensorboard": False,
-        "flush_denormal": False}))
+        "batch_size": 8, "epochs": 1, "warmup_steps": 2, "samples": 4, "tensorboard": False}))
     out = tmp_path / "run"
     argv = ["train", str(spec_file), "--config", str(cfg), "--out", str(out)]
     assert main(argv) == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 
@@ -13,14 +14,14 @@ __all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from flowgraph.cli import compile_cmd, schema_cmd
+    from flowgraph.cli import compile_cmd, ops_cmd, schema_cmd
 
     parser = argparse.ArgumentParser(prog="flowgraph", description=(
         "Declarative normalizing flows: compile, train, evaluate, sample, draw and export "
         "flows written as YAML specs."))
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for module in (compile_cmd, schema_cmd):
+    for module in (compile_cmd, ops_cmd, schema_cmd):
         module.add_parser(sub)
     _add_optional(sub)
     return parser
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except FlowgraphError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if getattr(e, "usage", False) else 1
+    except BrokenPipeError:  # e.g. `flowgraph compile ... | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -97,8 +97,6 @@ class TrainConfig(BaseModel):
     # speed
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads")
-    flush_denormal: bool = Field(True, description="flush denormal floats to zero on the CPU "
-                                 "(zero-initialised layers otherwise slow early steps ~100x)")
     bf16: bool = False
     compile: bool = False
     channels_last: bool = False

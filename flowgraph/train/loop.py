@@ -75,8 +75,6 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-        if cfg.flush_denormal and self.device.type == "cpu":
-            torch.set_flush_denormal(True)  # process-wide; see TrainConfig.flush_denormal
         self.dist = setup_distributed(self.device)
         self.out = Path(out_dir)
         self.flow = flow if flow is not None else compile_for_training(
@@ -272,7 +270,8 @@ class Trainer:
         mean = self.epoch_sum[0] / self.epoch_sum[1] if self.epoch_sum[1] else math.nan
         self.train_bpd = None if math.isnan(mean) else mean
         self._row(lr, mean, None, None, wall, test)
-        self.log.message(f"epoch {self.epoch} done: train bpd {mean:.4f}"
+        epochs = self.cfg.epochs + self.cfg.finetune_epochs
+        self.log.message(f"epoch {self.epoch + 1}/{epochs} done: train bpd {mean:.4f}"
                          + ("" if test is None else f", test bpd {test:.4f}"))
         self.sample(self.out / "samples" / f"epoch_{self.epoch:03d}.png")
         self.epoch, self.batch, self.epoch_sum = self.epoch + 1, 0, [0.0, 0]
