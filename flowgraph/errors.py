@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["FlowgraphError", "Issue", "Location", "SpecError", "ShapeError"]
+__all__ = ["FlowgraphError", "Issue", "Location", "ShapeError", "SpecError"]
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ def make_grid(images: Tensor, nrow: int | None = None, padding: int = 2,
         raise ValueError(f"images must be [N, 1 or 3, H, W]. Got {list(images.shape)}.")
     x = images.detach().to("cpu", torch.float32).round().clamp(0, 255).to(torch.uint8).numpy()
     n, c, h, w = x.shape
-    cols = nrow or max(1, int(math.ceil(math.sqrt(n))))
-    rows = int(math.ceil(n / cols))
+    cols = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / cols)
     grid = np.full((rows * (h + padding) + padding, cols * (w + padding) + padding, c),
                    pad_value, dtype=np.uint8)
     for i in range(n):

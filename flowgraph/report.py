@@ -58,8 +58,8 @@ def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> list[s
 def render_report(analysis: Analysis, depth: int | None = None) -> str:
     """Human-readable report. `depth` None: every node; an int: nodes grouped by id prefix."""
     g, t = analysis.graph, analysis.totals
-    out = [f"spec {analysis.spec.name!r}: {sum(1 for _ in g.ops())} nodes, "
-           f"{len(g.latents())} latents", ""]
+    n_ops = sum(1 for _ in g.ops())
+    out = [f"spec {analysis.spec.name!r}: {n_ops} nodes, {len(g.latents())} latents", ""]
     if depth is None:
         rows = []
         for node_id in g.forward_order:

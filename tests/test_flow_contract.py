@@ -115,6 +115,9 @@ def test_full_size_spec_builds_scripts_and_round_trips(path):
     with torch.no_grad():
         z, logdet = flow(x, noise=noise)
         assert z.shape == (2, flow.latent_dim) and torch.isfinite(logdet).all()
+        parts = flow.latent_parts(z)
+        assert list(parts) == [n.id for n in analysis.graph.latents()]
+        assert torch.equal(torch.cat([p.flatten(1) for p in parts.values()], 1), z)
         x_back = flow.inverse(z)
         lp = flow.log_prob_once(x, None, noise)
     if flow.bits:

@@ -19,7 +19,7 @@ def test_readme_starts_with_the_two_fresh_machine_commands():
 
 
 def test_python_example_runs(monkeypatch, capsys):
-    block = re.search(r"## Python.*?```python\n(.*?)```", README, re.S).group(1)
+    block = re.search(r"## Python.*?```python\n(.*?)```", README, re.DOTALL).group(1)
     monkeypatch.chdir(ROOT)
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README

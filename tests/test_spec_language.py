@@ -146,7 +146,7 @@ def test_expression_language_is_safe_and_useful():
 
 def test_expression_errors_become_issues_with_location():
     bad = VECTOR.replace('repeat: "${steps}"', 'repeat: "${stepz}"')
-    program, issues = expand(*parse_spec(bad, "v.yaml"))
+    _, issues = expand(*parse_spec(bad, "v.yaml"))
     assert [i.rule for i in issues] == ["expression"]
     assert issues[0].location.line == 14 and "stepz" in issues[0].message
 

@@ -15,6 +15,7 @@ from torch import nn
 from flowgraph.compile.codegen import Layout, generate_source, register_source
 from flowgraph.compile.runtime import CompiledFlow
 from flowgraph.graph import Analysis, Limits, analyze
+from flowgraph.graph.shapes import DEFAULT_LIMITS
 from flowgraph.ops.registry import OpRegistry
 from flowgraph.spec.io import SourceMap, dump_spec, read_spec
 from flowgraph.spec.models import FlowSpec
@@ -87,7 +88,7 @@ def build_flow(analysis: Analysis, seed: int | None = None) -> CompiledFlow:
 
 def compile_spec(spec: FlowSpec | str | Path, overrides: Mapping[str, Any] | None = None, *,
                  registry: OpRegistry | None = None, seed: int | None = None,
-                 limits: Limits = Limits(), smap: SourceMap | None = None) -> CompiledFlow:
+                 limits: Limits = DEFAULT_LIMITS, smap: SourceMap | None = None) -> CompiledFlow:
     """Check a spec (a path or a `FlowSpec`) and build its model; raises `SpecError`."""
     if not isinstance(spec, FlowSpec):
         spec, smap = read_spec(spec, overrides)

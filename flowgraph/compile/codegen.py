@@ -115,10 +115,9 @@ class _Gen:
         lines = ["if not x.is_floating_point():", "    x = x.to(self._ref.dtype)"]
         lines += self.prologue("x")
         if self.layout.noise_dim:
-            lines += ["if noise is None:",
-                      f"    _noise = torch.randn([_b, {self.layout.noise_dim}], "
-                      "dtype=x.dtype, device=x.device)",
-                      "else:", "    _noise = noise"]
+            draw = (f"    _noise = torch.randn([_b, {self.layout.noise_dim}], "
+                    "dtype=x.dtype, device=x.device)")
+            lines += ["if noise is None:", draw, "else:", "    _noise = noise"]
         lines += ["ld = x.new_zeros([_b])", "lp = x.new_zeros([_b])"]
         for node_id in self.g.forward_order:
             node = self.g.nodes[node_id]

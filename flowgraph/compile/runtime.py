@@ -14,7 +14,7 @@ bound on the log-probability of the integer data and `bits_per_dim` the usual me
 
 import math
 from collections.abc import Callable
-from typing import List, Optional, Tuple  # noqa: UP035 - TorchScript reads these
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -27,8 +27,8 @@ class CompiledFlow(nn.Module):
 
     __jit_unused_properties__ = ["code"]  # noqa: RUF012 - TorchScript's opt-out list
 
-    data_shape: List[int]  # noqa: UP006
-    latent_shapes: List[List[int]]  # noqa: UP006
+    data_shape: List[int]
+    latent_shapes: List[List[int]]
     data_dims: int
     latent_dim: int
     noise_dim: int
@@ -145,6 +145,12 @@ class CompiledFlow(nn.Module):
         finally:
             for h in hooks:
                 h.remove()
+
+    @torch.jit.unused
+    def latent_parts(self, z: Tensor) -> "dict[str, Tensor]":
+        """Split a flat latent [B, latent_dim] into the spec's named latents, unflattened."""
+        return {s.name: z[:, s.start:s.stop].reshape(z.shape[0], *s.shape)
+                for s in self._layout.latents}
 
     @torch.jit.unused
     def is_initialized(self) -> bool:

@@ -9,10 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowgraph.errors import Issue, Location, SpecError
-from flowgraph.graph.checks import (check_arity, check_consumption, check_cycles,
-                                    check_invertibility, forward_schedule, inverse_schedule)
+from flowgraph.graph.checks import (
+    check_arity,
+    check_consumption,
+    check_cycles,
+    check_invertibility,
+    forward_schedule,
+    inverse_schedule,
+)
 from flowgraph.graph.ir import FlowGraph, GraphNode, build_graph
-from flowgraph.graph.shapes import Limits, Totals, infer_shapes
+from flowgraph.graph.shapes import DEFAULT_LIMITS, Limits, Totals, infer_shapes
 from flowgraph.ops.registry import OpRegistry
 from flowgraph.spec.expand import expand
 from flowgraph.spec.io import SourceMap
@@ -43,7 +49,7 @@ def _check_inputs(spec: FlowSpec, smap: SourceMap) -> list[Issue]:
 
 
 def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
-               registry: OpRegistry | None = None, limits: Limits = Limits()
+               registry: OpRegistry | None = None, limits: Limits = DEFAULT_LIMITS
                ) -> tuple[Analysis | None, list[Issue]]:
     """Run every static check; returns the analysis (None if unusable) and all issues."""
     if registry is None:
@@ -83,7 +89,7 @@ def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
 
 
 def analyze(spec: FlowSpec, smap: SourceMap | None = None, registry: OpRegistry | None = None,
-            limits: Limits = Limits()) -> Analysis:
+            limits: Limits = DEFAULT_LIMITS) -> Analysis:
     analysis, issues = check_spec(spec, smap, registry, limits)
     if issues or analysis is None:
         raise SpecError(issues or [Issue("spec", "spec could not be analysed",

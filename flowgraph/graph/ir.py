@@ -95,7 +95,7 @@ class FlowGraph:
 @functools.cache
 def reserved_names() -> frozenset[str]:
     """Names a top-level node id may not take: attributes of the compiled module."""
-    import torch.nn as nn  # lazy: the graph layer itself stays torch-free
+    from torch import nn  # lazy: the graph layer itself stays torch-free
 
     from flowgraph.compile.runtime import CompiledFlow
     return frozenset(n for n in (*dir(nn.Module), *dir(CompiledFlow)) if not n.startswith("__"))

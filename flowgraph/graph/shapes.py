@@ -14,7 +14,7 @@ from flowgraph.errors import Issue, ShapeError
 from flowgraph.graph.checks import forward_schedule
 from flowgraph.graph.ir import FlowGraph, GraphNode
 
-__all__ = ["Limits", "Totals", "infer_shapes"]
+__all__ = ["DEFAULT_LIMITS", "Limits", "Totals", "infer_shapes"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,9 @@ class Limits:
     max_tensor_numel: int = 2**31 - 1
     max_params: int = 20_000_000_000  # 80 GB of float32 weights
     bytes_per_param: int = 4
+
+
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ def _issue(g: FlowGraph, rule: str, msg: str, node: GraphNode, key: tuple = (), 
                  context=tuple(f"in {t}" for t in node.trail), **kw)
 
 
-def infer_shapes(g: FlowGraph, limits: Limits = Limits()) -> tuple[Totals, list[Issue]]:
+def infer_shapes(g: FlowGraph, limits: Limits = DEFAULT_LIMITS) -> tuple[Totals, list[Issue]]:
     """Fill in/out types and counts of every node; the graph must be acyclic."""
     issues: list[Issue] = []
     total_params = 0

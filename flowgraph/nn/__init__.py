@@ -6,8 +6,8 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from flowgraph.nn.registry import NetDef, NetParams, NetRegistry
 from flowgraph.nn.denseflow_net import DENSE_ATTENTION_NET, DENSE_RESIDUAL_NET
+from flowgraph.nn.registry import NetDef, NetParams, NetRegistry
 from flowgraph.nn.simple import CROSS_UNIT_NET, GLOW_NET, MLP_NET, RESNET_NET
 
 __all__ = ["DEFAULT_NETS", "NetDef", "NetParams", "NetRegistry", "NetSpec"]

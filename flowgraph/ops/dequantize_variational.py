@@ -34,8 +34,11 @@ from torch import Tensor, nn
 from flowgraph.errors import ShapeError
 from flowgraph.nn import DEFAULT_NETS, NetSpec
 from flowgraph.nn.denseflow_net import DenseResidualNetParams
-from flowgraph.nn.dequant_context import (DequantContextNet, check_dequant_context,
-                                          dequant_context_param_count)
+from flowgraph.nn.dequant_context import (
+    DequantContextNet,
+    check_dequant_context,
+    dequant_context_param_count,
+)
 from flowgraph.ops.base import FlowModule, sum_per_sample
 from flowgraph.ops.conv1x1 import PlainConv1x1
 from flowgraph.ops.coupling import AffineCoupling

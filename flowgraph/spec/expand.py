@@ -344,9 +344,8 @@ class _Scope:
             else:
                 it = self.group(e, ivars, name)
                 out = it.output(None)
-            it_vars = ivars
-            outs.append(it if not isinstance(it, str) else it)
-            self._memo[("vars", e.id, k)] = it_vars
+            outs.append(it)
+            self._memo[("vars", e.id, k)] = ivars
             history.append(out)
         self._memo[key] = outs
         return outs

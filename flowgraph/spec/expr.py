@@ -18,7 +18,7 @@ from typing import Any
 
 __all__ = ["ExprError", "evaluate", "has_expr", "substitute"]
 
-_FULL = re.compile(r"^\$\{(.*)\}$", re.S)
+_FULL = re.compile(r"^\$\{(.*)\}$", re.DOTALL)
 _PART = re.compile(r"\$\{([^{}]*)\}")
 
 _BINOPS = {

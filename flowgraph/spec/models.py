@@ -19,8 +19,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["FlowSpec", "InputSpec", "LatentSpec", "NodeEntry", "PriorSpec", "TemplateSpec",
-           "SPEC_VERSION"]
+__all__ = [
+    "SPEC_VERSION",
+    "FlowSpec",
+    "InputSpec",
+    "LatentSpec",
+    "NodeEntry",
+    "PriorSpec",
+    "TemplateSpec",
+]
 
 SPEC_VERSION = 1
 
