@@ -62,10 +62,7 @@ class CrossUnitCoupling(FlowModule):
         e_hat = noise
         ld = -std_normal_log_prob(noise)
         if self.g is not None:
-            h, w = 1, 1
-            if self.image:
-                h, w = x.shape[2], x.shape[3]
-            out = self.g(torch.cat(conditions_to_features(cond, self.image, h, w), 1))
+            out = self.g(torch.cat(conditions_to_features(cond, x, self.image), 1))
             mu, s = out[:, :self.growth], out[:, self.growth:]
             log_sigma = log_scale(s, self.scale)
             e_hat = mu + torch.exp(log_sigma) * noise

@@ -43,12 +43,13 @@ def condition_channels(x: TensorType, conds: list[TensorType], op: str) -> int:
     return total
 
 
-def conditions_to_features(cond: list[Tensor], image: bool, h: int, w: int) -> list[Tensor]:
-    """Runtime side of `condition_channels`: broadcast vector conditions over H×W for images."""
+def conditions_to_features(cond: list[Tensor], like: Tensor, image: bool) -> list[Tensor]:
+    """Runtime side of `condition_channels`: vector conditions are broadcast over the H×W of
+    `like` when the op works on images."""
     out: list[Tensor] = []
     for c in cond:
         if image and c.dim() == 2:
-            c = c[:, :, None, None].expand(-1, -1, h, w)
+            c = c[:, :, None, None].expand(-1, -1, like.shape[2], like.shape[3])
         out.append(c)
     return out
 
@@ -87,10 +88,7 @@ class AffineCoupling(FlowModule):
         self.image = image
 
     def _scale_shift(self, x1: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
-        h, w = 1, 1
-        if self.image:
-            h, w = x1.shape[2], x1.shape[3]
-        feats = [x1] + conditions_to_features(cond, self.image, h, w)
+        feats = [x1] + conditions_to_features(cond, x1, self.image)
         out = self.net(torch.cat(feats, 1))
         if self.interleaved:
             s, t = out[:, 0::2], out[:, 1::2]

@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
-from flowgraph.errors import ShapeError
 from flowgraph.nn import DEFAULT_NETS, NetSpec
 from flowgraph.nn.denseflow_net import DenseResidualNetParams
 from flowgraph.nn.dequant_context import (
@@ -42,6 +41,7 @@ from flowgraph.nn.dequant_context import (
 from flowgraph.ops.base import FlowModule, sum_per_sample
 from flowgraph.ops.conv1x1 import PlainConv1x1
 from flowgraph.ops.coupling import AffineCoupling
+from flowgraph.ops.dequantize import Dequantizer, require_discrete
 from flowgraph.ops.registry import OpDef, OpParams, Shape, TensorType
 from flowgraph.ops.reshape import _unsqueeze
 from flowgraph.ops.scales import ScaleName, resolve_scale
@@ -72,17 +72,13 @@ class _Step(nn.Module):
         return h, ld1 + ld2
 
 
-class DequantizeVariational(FlowModule):
+class DequantizeVariational(Dequantizer):
     """See the module docstring; `noise` is standard normal of shape [B, 4C, H/2, W/2]."""
 
     def __init__(self, channels: int, height: int, width: int, bits: int, p: Any):
-        super().__init__()
+        super().__init__(bits, channels * height * width)
         c4, spatial = 4 * channels, (height // 2) * (width // 2)
         self.c, self.h, self.w = channels, height, width
-        self.levels = float(2**bits)
-        self.u_min = 2.0 ** max(-10, bits - 23)  # keeps floor() exact, as dequantize_uniform
-        self.u_max = 1.0 - self.u_min
-        self.logdet_bins = -channels * height * width * bits * math.log(2.0)
         self.context = DequantContextNet(channels, bits, p.context_width, p.context_depth,
                                          p.context_growth)
         self.base_mean = nn.Parameter(torch.zeros(c4))
@@ -120,13 +116,7 @@ class DequantizeVariational(FlowModule):
         if noise is None:
             raise RuntimeError("dequantize_variational needs noise of shape [B, 4C, H/2, W/2]")
         u, log_q = self.log_q_and_u(x, noise)
-        y = (x.to(u.dtype) + u.clamp(self.u_min, self.u_max)) / self.levels
-        return y, self.logdet_bins - log_q
-
-    @torch.jit.export
-    def inverse(self, y: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
-        x = torch.floor(y * self.levels).clamp(0.0, self.levels - 1.0)
-        return x, y.new_zeros(y.shape[0])
+        return self.place(x, u), self.logdet_bins - log_q
 
     def freeze(self) -> None:
         for m in self.modules():
@@ -147,10 +137,7 @@ class _DequantizeVariationalOp(OpDef):
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
         (x,) = inputs
-        if x.bits is None:
-            raise ShapeError("dequantize_variational needs discrete input (n-bit integers)",
-                             found=f"continuous tensor of shape {list(x.shape)}",
-                             hint="declare `bits` (e.g. bits: 8) on the data input")
+        require_discrete(x, self.name)
         check_dequant_context(x.shape)
         DEFAULT_NETS.get(p.net.kind).check(p.net, TensorType((2 * x.shape[0] + p.context_width,
                                                               x.shape[1] // 2, x.shape[2] // 2)))

@@ -91,10 +91,7 @@ class ConditionalNormal(Prior):
         self.image = image
 
     def _stats(self, z: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
-        h, w = 1, 1
-        if self.image:
-            h, w = z.shape[2], z.shape[3]
-        out = self.net(torch.cat(conditions_to_features(cond, self.image, h, w), 1))
+        out = self.net(torch.cat(conditions_to_features(cond, z, self.image), 1))
         return out[:, :self.channels], out[:, self.channels:]
 
     @torch.jit.export

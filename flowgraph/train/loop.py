@@ -8,16 +8,15 @@ stop the run with the first bad node named (`flowgraph.train.nonfinite`). ActNor
 initialised from the first batch before DDP wraps the model, and never after a resume.
 
 Example:
-    >>> import torch
+    >>> import io, tempfile
     >>> spec = {"flowgraph": 1, "name": "t", "inputs": {"x": {"shape": [1, 4, 4], "bits": 8}},
     ...         "nodes": [{"id": "deq", "op": "dequantize_uniform", "in": "x"},
     ...                   {"id": "an", "op": "actnorm", "in": "deq"}],
     ...         "outputs": {"z": {"from": "an"}}}
-    >>> import tempfile
     >>> cfg = TrainConfig(epochs=1, batch_size=8, samples=0, warmup_steps=2)
     >>> data = torch.randint(0, 256, (16, 1, 4, 4), dtype=torch.uint8)
     >>> with tempfile.TemporaryDirectory() as out:
-    ...     result = train(spec, cfg, out, train_data=data, stream=open("/dev/null", "w"))
+    ...     result = train(spec, cfg, out, train_data=data, stream=io.StringIO())
     >>> result.step, result.epoch
     (2, 1)
 """
