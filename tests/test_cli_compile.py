@@ -112,3 +112,24 @@ def test_denseflow_at_64_pixels_has_the_same_parameters(capsys):
 def test_schema_command(capsys, tmp_path):
     code, out, _ = run(capsys, "schema")
     assert code == 0 and json.loads(out)["title"].startswith("flowgraph spec")
+
+
+@pytest.mark.parametrize("overrides, params, g_channels", [
+    ({}, 130_647_294, [12, 24, 46, 78, 120, 124, 248, 382]),
+    ({"g_reads": "previous"}, None, [12, 22, 32, 42, 52, 124, 134, 144]),
+    ({"g_reads": "history"}, None, [24, 46, 78, 120, 172, 248, 382, 526]),
+    ({"g_norm": "batch"}, 130_647_294 + 2 * 4 * (12 + 24 + 46 + 78 + 120 + 124 + 248 + 382),
+     None),
+    ({"conv": "lu"}, 130_647_294, None),
+    ({"coupling_net": {"kind": "dense_attention",
+                       "attention": {"layout": "pixel", "softmax": "standard"}}},
+     130_647_294, None),
+])
+def test_paper_variants_of_denseflow_are_one_override_away(overrides, params, g_channels):
+    analysis = analyze(*read_spec(DENSEFLOW, overrides))
+    if params is not None:
+        assert analysis.totals.params == params
+    if g_channels is not None:
+        g = analysis.graph
+        augs = [n for n in g.ops() if n.op.name == "cross_unit_coupling"]
+        assert [sum(t.shape[0] for t in n.cond_types) for n in augs] == g_channels
