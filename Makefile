@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 
 # The main job: train the small DenseFlow on Fashion-MNIST (CPU, minutes), evaluate, sample.
 run: setup
-	$(VENV)/bin/flowgraph train specs/denseflow-fmnist.yaml --config specs/train/fmnist-cpu.yaml --out $(RUN_DIR)
+	$(VENV)/bin/flowgraph train specs/denseflow-fmnist.yaml --config specs/train/fmnist-cpu.yaml --out $(RUN_DIR) --overwrite
 	$(VENV)/bin/flowgraph eval $(RUN_DIR)/final.pt --split test
 	$(VENV)/bin/flowgraph sample $(RUN_DIR)/final.pt -n 64 --temperature 0.8 --seed 0 -o $(RUN_DIR)/samples.png
 	@echo "samples: $(RUN_DIR)/samples.png"

@@ -7,6 +7,8 @@ import io
 import json
 import math
 import struct
+import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -354,11 +356,46 @@ def test_metrics_files_and_a_sample_grid_per_epoch(spec_file, tmp_path):
     assert epoch_rows[-1]["test_bpd"] == pytest.approx(result.test_bpd)
     for e in (0, 1):  # 16 images of 8×8 in a 4×4 grid with 2-pixel padding
         assert _png_size(out / "samples" / f"epoch_{e:03d}.png") == (42, 42)
+    assert not (out / "samples" / "final.png").exists()  # it ended with an epoch
     state = load_checkpoint(out / "final.pt")
     for key in ("model", "optimizer", "schedule", "step", "epoch", "rng", "config",
                 "spec_text", "spec_hash"):
         assert key in state
     assert state["config"]["batch_size"] == 8 and state["schedule"]["mode"] == "paper"
+
+
+def test_metrics_go_to_tensorboard_when_it_imports(spec_file, tmp_path, monkeypatch):
+    scalars: list[tuple[str, float, int]] = []
+
+    class FakeWriter:
+        def __init__(self, logdir: str):
+            self.logdir = logdir
+
+        def add_scalar(self, tag: str, value: float, step: int) -> None:
+            scalars.append((tag, value, step))
+
+        def flush(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = FakeWriter
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    run(spec_file, tmp_path / "r", config(epochs=1, tensorboard=True, log_every=2))
+    tags = {tag for tag, _, _ in scalars}
+    assert {"train/bpd", "train/lr", "train/images_per_s", "test/bpd"} <= tags
+    assert [step for tag, _, step in scalars if tag == "test/bpd"] == [4]
+
+
+def test_max_steps_stops_inside_an_epoch_with_an_evaluation_and_a_final_grid(spec_file,
+                                                                           tmp_path):
+    out = tmp_path / "r"
+    result = run(spec_file, out, config(epochs=2, max_steps=3, samples=4))
+    assert (result.step, result.epoch) == (3, 0) and result.test_bpd is not None
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["final.png"]
+    assert load_checkpoint(out / "final.pt")["batch"] == 3
 
 
 def test_training_lowers_the_test_bits_per_dim(spec_file, tmp_path):

@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["BitsPerDim", "DistInfo", "all_reduce_sum", "setup_distributed"]
+__all__ = ["BitsPerDim", "DistInfo", "all_reduce_sum", "setup_distributed",
+           "teardown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owned: bool = False  # setup_distributed created the process group (so it tears it down)
 
     @property
     def enabled(self) -> bool:
@@ -52,12 +54,22 @@ def setup_distributed(device: torch.device) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 and not dist.is_initialized():
         return DistInfo()
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(),
-                    int(os.environ.get("LOCAL_RANK", dist.get_rank())))
+                    int(os.environ.get("LOCAL_RANK", dist.get_rank())), owned)
+
+
+def teardown_distributed(info: DistInfo, ok: bool) -> None:
+    """Destroy the process group `setup_distributed` created (after a barrier if all went
+    well), so no rank exits while another still talks to it (gloo aborts otherwise)."""
+    if info.owned and dist.is_initialized():
+        if ok:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:

@@ -43,6 +43,7 @@ from flowgraph.train.distributed import (
     all_reduce_sum,
     resolve_device,
     setup_distributed,
+    teardown_distributed,
 )
 from flowgraph.train.inputs import augment_for, compile_for_training, load_splits
 from flowgraph.train.nonfinite import find_nonfinite_node
@@ -242,9 +243,12 @@ class Trainer:
                     break
             if self.batch >= per_epoch:  # the epoch is complete
                 self._end_epoch(lr, self.wall0 + time.perf_counter() - start)
+                images, t_int = 0, time.perf_counter()  # keep evaluation out of images/s
         wall = self.wall0 + time.perf_counter() - start
         if self.last_test[0] != self.step:
             self.evaluate()
+        if self.batch:  # stopped inside an epoch: the last grid is older than the model
+            self.sample(self.out / "samples" / "final.png")
         self.save("checkpoint.pt", wall)
         path = self.save("final.pt", wall)
         test = self.last_test[1]
@@ -328,6 +332,12 @@ class Trainer:
 def train(spec: Any, config: TrainConfig, out_dir: str | Path, **kwargs: Any) -> TrainResult:
     """Train `spec` (a path, a `FlowSpec` or a dict) with `config`; see `Trainer`."""
     trainer = Trainer(spec, config, out_dir, **kwargs)
-    trainer.initialize()
-    trainer.wrap()
-    return trainer.fit()
+    ok = False
+    try:
+        trainer.initialize()
+        trainer.wrap()
+        result = trainer.fit()
+        ok = True
+        return result
+    finally:
+        teardown_distributed(trainer.dist, ok)
