@@ -13,7 +13,7 @@ from flowgraph.ops.base import FlowModule
 from flowgraph.ops.registry import OpDef, OpParams, Shape, TensorType
 
 __all__ = ["DEQUANTIZE_UNIFORM_OP", "DequantizeUniform", "DequantizeUniformParams",
-           "Dequantizer", "require_discrete"]
+           "Dequantizer", "DequantizerOp", "require_discrete"]
 
 
 def require_discrete(x: TensorType, op: str) -> None:
@@ -75,14 +75,21 @@ class DequantizeUniform(Dequantizer):
         return self.place(x, u), noise.new_full([noise.shape[0]], self.logdet_bins)
 
 
-class _DequantizeUniformOp(OpDef):
-    name = "dequantize_uniform"
-    Params = DequantizeUniformParams
-    summary = "uniform dequantization y = (x + u)/2^bits, u = Phi(noise)"
+class DequantizerOp(OpDef):
+    """Flags every dequantization op shares: stochastic, not bijective, needs no condition
+    to invert (floor), and the only op allowed to read discrete data."""
+
+    family = "dequantization"
     bijective = False
     stochastic = True
     inverse_needs_conditions = False
     dequantizes = True
+
+
+class _DequantizeUniformOp(DequantizerOp):
+    name = "dequantize_uniform"
+    Params = DequantizeUniformParams
+    summary = "uniform dequantization y = (x + u)/2^bits, u = Phi(noise)"
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:

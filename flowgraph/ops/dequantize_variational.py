@@ -41,8 +41,8 @@ from flowgraph.nn.dequant_context import (
 from flowgraph.ops.base import FlowModule, sum_per_sample
 from flowgraph.ops.conv1x1 import PlainConv1x1
 from flowgraph.ops.coupling import AffineCoupling
-from flowgraph.ops.dequantize import Dequantizer, require_discrete
-from flowgraph.ops.registry import OpDef, OpParams, Shape, TensorType
+from flowgraph.ops.dequantize import Dequantizer, DequantizerOp, require_discrete
+from flowgraph.ops.registry import OpParams, Shape, TensorType
 from flowgraph.ops.reshape import _unsqueeze
 from flowgraph.ops.scales import ScaleName, resolve_scale
 
@@ -124,15 +124,10 @@ class DequantizeVariational(Dequantizer):
                 m.freeze()
 
 
-class _DequantizeVariationalOp(OpDef):
+class _DequantizeVariationalOp(DequantizerOp):
     name = "dequantize_variational"
     Params = DequantizeVariationalParams
     summary = "variational dequantization: u ~ q(u|x), a conditional flow (Flow++ / DenseFlow)"
-    family = "dequantization"
-    bijective = False
-    stochastic = True
-    inverse_needs_conditions = False
-    dequantizes = True
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
