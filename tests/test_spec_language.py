@@ -191,3 +191,27 @@ def test_json_schema_lists_the_format_and_ops():
     assert schema["title"].startswith("flowgraph spec")
     assert {"inputs", "nodes", "outputs", "templates"} <= set(schema["properties"])
     assert "affine_coupling" in schema["x-ops"] and "net" in str(schema["x-ops"]["affine_coupling"])
+
+
+def test_group_with_an_input_and_dotted_references():
+    text = spec_text("""
+        flowgraph: 1
+        name: group
+        inputs: {x: {shape: [2, 4, 4]}}
+        nodes:
+          - id: g
+            in: x
+            body:
+              - {id: sq, op: squeeze, in: "${input}"}
+              - {id: sp, op: split, in: sq}
+            output: "sp:first"
+          - {id: n, op: actnorm, in: g}
+        outputs:
+          z1: {from: "g.sp:second"}
+          z: {from: n}
+    """)
+    program, issues = expand(*parse_spec(text))
+    assert issues == []
+    assert [str(r) for r in program.nodes[0].inputs] == ["x"]
+    assert str(program.nodes[2].inputs[0]) == "g.sp:first"
+    assert [str(lat.source) for lat in program.latents] == ["g.sp:second", "n"]

@@ -246,8 +246,8 @@ class _Scope:
             return Ref(last, port) if isinstance(last, str) else last.output(port)
         if ent.op is not None:
             return Ref(self.prefix + e.id, port)
-        child = self.instance(e, self.vars, None, e.id) if ent.use else self.group(e, self.vars,
-                                                                                   e.id)
+        child = (self.instance(e, self.vars, None, e.id) if ent.use
+                 else self.group(e, self._group_vars(e), e.id))
         return child.output(port)
 
     # -- children -----------------------------------------------------------------------------
@@ -293,6 +293,13 @@ class _Scope:
         trail = self.trail + (f"{_path_str(e.path)} {self.prefix + name!r}",)
         return _Scope(self.ex, e.entry.body or [], e.path + ("body",), f"{self.prefix}{name}.",
                       vars, {}, self, trail, e.entry.output, self.depth + 1)
+
+    def _group_vars(self, e: _Entry) -> dict:
+        """A group given an `in` sees it as ${input} (and ${prev}), like a repeat body."""
+        if not e.entry.in_:
+            return self.vars
+        ref = self.resolve(e.entry.in_, e.path + ("in",))[0]
+        return {**self.vars, "input": ref, "prev": ref}
 
     def _sub_in(self, value: Any, vars: dict, path: tuple) -> Any:
         try:
@@ -367,7 +374,7 @@ class _Scope:
                 self._emit_op(e, self.prefix + e.id, self.vars, None)
             else:
                 child = (self.instance(e, self.vars, None, e.id) if ent.use
-                         else self.group(e, self.vars, e.id))
+                         else self.group(e, self._group_vars(e), e.id))
                 child.emit()
             return
         its = self.iterations(e)
