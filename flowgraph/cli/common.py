@@ -9,7 +9,7 @@ import yaml
 
 from flowgraph.errors import FlowgraphError
 
-__all__ = ["add_spec_args", "parse_overrides"]
+__all__ = ["CliUsageError", "add_spec_args", "parse_assignments", "parse_overrides"]
 
 
 def add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -18,14 +18,27 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
                    help="override a spec argument (repeatable), e.g. --set size=64")
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
+class CliUsageError(FlowgraphError):
+    """Bad command-line input: `main` exits with status 2."""
+
+    usage = True
+
+
+def parse_assignments(items: list[str], option: str = "--set") -> dict[str, Any]:
+    """`KEY=VALUE` items (values read as YAML) -> a dict; errors name the option."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise FlowgraphError(f"--set expects ARG=VALUE. Got {item!r}.")
+            raise CliUsageError(f"{option} expects KEY=VALUE. Got {item!r}.")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise FlowgraphError(f"--set {key}: value is not valid YAML. Got {value!r}.") from None
+            raise CliUsageError(f"{option} {key}: value is not valid YAML. Got {value!r}."
+                                ) from None
     return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set ARG=VALUE` spec-argument overrides."""
+    return parse_assignments(items, "--set")

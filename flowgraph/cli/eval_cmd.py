@@ -10,21 +10,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import yaml
 
 from flowgraph.checkpoint import load_flow
-from flowgraph.errors import FlowgraphError
+from flowgraph.cli.common import CliUsageError, parse_assignments
 
 __all__ = ["CliUsageError", "add_parser", "load_for_inference", "resolve_data", "resolve_device",
            "run"]
 
 DEFAULT_DATASET = "fashion-mnist"
-
-
-class CliUsageError(FlowgraphError):
-    """Invalid command-line input (exit status 2)."""
-
-    usage = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,20 +49,6 @@ def _config(state: Mapping[str, Any]) -> Mapping[str, Any]:
     return cfg if isinstance(cfg, Mapping) else {}
 
 
-def _data_options(items: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise CliUsageError(f"--data-option expects KEY=VALUE. Got {item!r}.")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise CliUsageError(f"--data-option {key}: value is not valid YAML. "
-                                f"Got {value!r}.") from None
-    return out
-
-
 def resolve_data(args: argparse.Namespace, state: Mapping[str, Any]
                  ) -> tuple[str, str | None, dict[str, Any]]:
     """Dataset name, folder and options: the command line first, then the checkpoint's config
@@ -79,7 +58,7 @@ def resolve_data(args: argparse.Namespace, state: Mapping[str, Any]
     same = args.dataset is None or args.dataset == cfg.get("dataset")
     data_dir = args.data_dir or (cfg.get("data_dir") if same else None)
     options = dict(cfg.get("dataset_options") or {}) if same else {}
-    options.update(_data_options(args.data_options))
+    options.update(parse_assignments(args.data_options, "--data-option"))
     return str(name), None if data_dir is None else str(data_dir), options
 
 
