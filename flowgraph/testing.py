@@ -16,12 +16,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowgraph.compile.codegen import Writer, register_source, release_source
+from flowgraph.core.op import Example, ModuleRef, OpDef, Site, Var
+from flowgraph.core.types import TensorType
 from flowgraph.ops.actnorm import ActNorm
 from flowgraph.ops.base import std_normal_log_prob
-from flowgraph.ops.registry import CallSite, OpDef, TensorType
 
-__all__ = ["check_export", "check_flow_module", "check_inline_op", "check_op", "check_prior",
-           "check_prior_op", "make_inputs", "per_sample_logabsdet", "perturb_"]
+__all__ = ["check_example", "check_export", "check_flow_module", "check_inline_op", "check_op",
+           "check_prior", "check_prior_op", "make_inputs", "per_sample_logabsdet", "perturb_"]
 
 
 @torch.no_grad()
@@ -256,7 +258,9 @@ def check_op(op: OpDef, params: Mapping[str, Any], inputs: Sequence[TensorType],
         noise = torch.randn((x.shape[0], *shape), generator=g, dtype=dtype).clamp(-3, 3)
 
     def fresh() -> nn.Module:
-        m = op.build(p, inputs, conds)
+        with torch.random.fork_rng():  # the same weights whatever ran before
+            torch.manual_seed(seed)
+            m = op.build(p, inputs, conds)
         assert m is not None, f"{op.name} built no module"
         return m
 
@@ -284,7 +288,9 @@ def check_prior_op(op: OpDef, params: Mapping[str, Any], inputs: Sequence[Tensor
     cond = make_inputs(conds, batch, dtype, g)
 
     def fresh() -> nn.Module:
-        return op.build(p, inputs, conds)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            return op.build(p, inputs, conds)
 
     prior = perturb_(fresh().to(dtype), seed=seed)
     assert op.param_count(p, inputs, conds) == sum(t.numel() for t in prior.parameters())
@@ -299,24 +305,50 @@ def check_inline_op(op: OpDef, params: Mapping[str, Any], inputs: Sequence[Tenso
     p = op.parse(params)
     inputs = list(inputs)
     out_types = op.infer(p, inputs, [])
-    ins = tuple(f"i{k}" for k in range(len(inputs)))
-    outs = tuple(f"o{k}" for k in range(len(out_types)))
+    ins = tuple(Var(f"i{k}") for k in range(len(inputs)))
+    outs = tuple(Var(f"o{k}") for k in range(len(out_types)))
     kw = {"params": p, "in_types": tuple(inputs), "out_types": tuple(out_types.values())}
-    fwd = op.emit_forward(CallSite("self.x", ins, outs, **kw))
-    inv = op.emit_inverse(CallSite("self.x", outs, ins, **kw))
+    namespace: dict[str, Any] = {}
+    fwd, inv = Writer(namespace), Writer(namespace)
+    op.emit_forward(fwd, Site("x", ModuleRef("x"), ins, outs, **kw))
+    op.emit_inverse(inv, Site("x", ModuleRef("x"), outs, ins, **kw))
+    assert not any("self." in line or "_ld" in line for line in fwd.lines + inv.lines), (
+        "an inline op has no module and no log-det")
+    fwd, inv = fwd.lines, inv.lines
+    ins = tuple(v.name for v in ins)
+    outs = tuple(v.name for v in outs)
     src = (f"def fwd({', '.join(ins)}):\n" + "".join(f"    {line}\n" for line in fwd)
            + f"    return ({', '.join(outs)},)\n"
            + f"def inv({', '.join(outs)}):\n" + "".join(f"    {line}\n" for line in inv)
            + f"    return ({', '.join(ins)},)\n")
-    cu = torch.jit.CompilationUnit(src)
-    eager: dict[str, Any] = {"torch": torch}
-    exec(src, eager)  # noqa: S102 - our own generated code, the same text TorchScript compiled
+    eager: dict[str, Any] = {"torch": torch, "__name__": "flowgraph_inline", **namespace}
+    filename = register_source(src, f"inline-{op.name}")
+    exec(compile(src, filename, "exec"), eager)  # noqa: S102 - text generated just above
+    scripted_fwd, scripted_inv = torch.jit.script(eager["fwd"]), torch.jit.script(eager["inv"])
+    release_source(filename)
     xs = make_inputs(inputs, batch, dtype, torch.Generator().manual_seed(seed))
-    ys = cu.fwd(*xs)
+    ys = scripted_fwd(*xs)
     assert len(ys) == len(out_types)
     for y, (port, t) in zip(ys, out_types.items(), strict=True):
         assert tuple(y.shape[1:]) == t.shape, f"port {port}: infer {t.shape} vs {y.shape}"
     for a, b in zip(ys, eager["fwd"](*xs), strict=True):
         assert torch.equal(a, b), "scripted and eager forward differ"
-    for a, b in zip(cu.inv(*ys), xs, strict=True):
+    for a, b in zip(scripted_inv(*ys), xs, strict=True):
         assert torch.equal(a, b), "inverse(forward(x)) != x"
+
+
+def check_example(op: OpDef, example: Example, **kw: Any) -> None:
+    """Run the contract that fits `op` (module, prior or inline) on one of its examples."""
+    params, inputs, conds = example.params, list(example.inputs), list(example.conds)
+    if op.is_prior:
+        check_prior_op(op, params, inputs, conds, **kw)
+    elif type(op).build is OpDef.build:
+        check_inline_op(op, params, inputs, **kw)
+    else:
+        x = None
+        if example.domain is not None:
+            lo, hi = example.domain
+            g = torch.Generator().manual_seed(kw.get("seed", 0))
+            x = lo + (hi - lo) * torch.rand((3, *inputs[0].shape), generator=g,
+                                            dtype=torch.float64)
+        check_op(op, params, inputs, conds, x=x, **kw)

@@ -1,12 +1,32 @@
-"""Shared test helpers: the list of spec files (flow specs only, not training configs)."""
+"""Shared test helpers: the list of spec files (flow specs only, not training configs), and
+the example plugin (tests/plugin_example), installed before collection so that the generic
+contract tests run over its op like over the built-in ones."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = ROOT / "tests" / "plugin_example"
+
+
+def pytest_configure(config) -> None:
+    target = Path(tempfile.mkdtemp(prefix="flowgraph-plugin-"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--disable-pip-version-check", "--target",
+                    str(target), str(PLUGIN)], check=True, cwd=target)
+    sys.path.insert(0, str(target))
+    # subprocesses (CLI tests) see the same installed plugin
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target),
+                                                             os.environ.get("PYTHONPATH")]))
+    from flowgraph.core import registry
+    registry.refresh()
 
 
 def _is_flow_spec(path: Path) -> bool:

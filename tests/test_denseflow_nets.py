@@ -12,31 +12,27 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
+from flowgraph.core.op import count_parameters
+from flowgraph.core.registry import nets
+from flowgraph.core.types import TensorType
 from flowgraph.errors import ShapeError
 from flowgraph.nn.attention import (
     NystromAttention,
     check_landmarks,
     newton_pinv,
-    nystrom_param_count,
 )
 from flowgraph.nn.dense import (
     DenseBlock,
     ResidualDenseBlock,
-    dense_block_param_count,
-    residual_dense_block_param_count,
 )
 from flowgraph.nn.denseflow_net import (
-    DENSE_ATTENTION_NET,
-    DENSE_RESIDUAL_NET,
     DenseAttentionNetParams,
     DenseResidualNetParams,
 )
 from flowgraph.nn.dequant_context import (
     DequantContextNet,
     check_dequant_context,
-    dequant_context_param_count,
 )
-from flowgraph.ops.registry import TensorType
 
 
 def n_params(m: nn.Module) -> int:
@@ -55,24 +51,21 @@ def small_attention(**kw) -> NystromAttention:
 # --- exact parameter counts -----------------------------------------------------------------
 
 def test_dense_block_counts():
-    assert dense_block_param_count(48, 48, 7, 64, gated=True) == 1_559_264
     assert n_params(DenseBlock(48, 48, 7, 64, gated=True)) == 1_559_264
     # the gated output conv alone is 496·144 + 144; a plain one is 496·48 + 48
-    plain = dense_block_param_count(48, 48, 7, 64, gated=False)
+    plain = n_params(DenseBlock(48, 48, 7, 64, gated=False))
     assert 1_559_264 - plain == (496 * 144 + 144) - (496 * 48 + 48)
-    assert n_params(DenseBlock(48, 48, 7, 64, gated=False)) == plain
-    assert n_params(ResidualDenseBlock(64, 4, 64)) == residual_dense_block_param_count(64, 4, 64)
+    assert n_params(ResidualDenseBlock(64, 4, 64)) == n_params(DenseBlock(64, 64, 4, 64))
 
 
 def test_attention_count():
-    assert nystrom_param_count(48, 24) == 4_728
     assert n_params(NystromAttention(48)) == 4_728
 
 
 def test_dense_attention_conditioner_count():
     p = attn_params()
-    assert DENSE_ATTENTION_NET.param_count(p, 154, 308, True) == 1_591_324
-    net = DENSE_ATTENTION_NET.build(p, 154, 308, True)
+    assert count_parameters(lambda: nets().get("dense_attention").build(p, 154, 308, True)) == 1_591_324
+    net = nets().get("dense_attention").build(p, 154, 308, True)
     assert n_params(net) == 1_591_324
     parts = [n_params(net.in_proj), n_params(net.branches[0]), n_params(net.branches[1]),
              n_params(net.norm) + n_params(net.fuse), n_params(net.out)]
@@ -86,8 +79,8 @@ def test_dense_attention_conditioner_count():
 ])
 def test_dense_attention_ablation_counts(kw):
     p = attn_params(width=kw.pop("width", 12), depth=kw.pop("depth", 2), **kw)
-    net = DENSE_ATTENTION_NET.build(p, 5, 8, True)
-    assert n_params(net) == DENSE_ATTENTION_NET.param_count(p, 5, 8, True)
+    net = nets().get("dense_attention").build(p, 5, 8, True)
+    assert n_params(net) == count_parameters(lambda: nets().get("dense_attention").build(p, 5, 8, True))
     assert net(torch.randn(2, 5, 4, 4)).shape == (2, 8, 4, 4)
 
 
@@ -95,12 +88,10 @@ def test_dequantization_total():
     """Context net + 4 dense_residual conditioners (in 6 + 64 = 70, out 12) + 5 plain 12×12
     1×1 convs + a per-channel base (12 means, 12 log-stds) = 2,395,784 (§7, §11)."""
     p = DenseResidualNetParams(kind="dense_residual")
-    context = dequant_context_param_count(3)
-    cond = DENSE_RESIDUAL_NET.param_count(p, 70, 12, True)
+    context = n_params(DequantContextNet(3))
+    cond = n_params(nets().get("dense_residual").build(p, 70, 12, True))
     assert (context, cond) == (157_552, 559_372)
     assert context + 4 * cond + 5 * 144 + 24 == 2_395_784
-    assert n_params(DequantContextNet(3)) == context
-    assert n_params(DENSE_RESIDUAL_NET.build(p, 70, 12, True)) == cond
 
 
 # --- Nyström attention ----------------------------------------------------------------------
@@ -187,11 +178,11 @@ def test_landmark_check():
 def test_zero_init_outputs():
     torch.manual_seed(0)
     p = attn_params(width=8, depth=1, growth=4)
-    net = DENSE_ATTENTION_NET.build(p, 3, 6, True)
+    net = nets().get("dense_attention").build(p, 3, 6, True)
     assert torch.count_nonzero(net.out.weight) == 0 and torch.count_nonzero(net.out.bias) == 0
     assert torch.equal(net(torch.randn(2, 3, 4, 4)), torch.zeros(2, 6, 4, 4))
     q = DenseResidualNetParams(kind="dense_residual", width=8, depth=1, growth=4)
-    res = DENSE_RESIDUAL_NET.build(q, 5, 6, True)
+    res = nets().get("dense_residual").build(q, 5, 6, True)
     assert torch.equal(res(torch.randn(2, 5, 4, 4)), torch.zeros(2, 6, 4, 4))
     block = DenseBlock(4, 3, 2, 2, zero_init=True)
     assert torch.equal(block(torch.randn(1, 4, 3, 3)), torch.zeros(1, 3, 3, 3))
@@ -199,14 +190,14 @@ def test_zero_init_outputs():
 
 def test_check_and_params_validation():
     p = attn_params()
-    DENSE_ATTENTION_NET.check(p, TensorType((154, 4, 4)))
+    nets().get("dense_attention").check(p, TensorType((154, 4, 4)))
     with pytest.raises(ShapeError, match="image"):
-        DENSE_ATTENTION_NET.check(p, TensorType((154,)))
+        nets().get("dense_attention").check(p, TensorType((154,)))
     with pytest.raises(ShapeError, match="landmarks"):
-        DENSE_ATTENTION_NET.check(p, TensorType((154, 3, 3)))
-    DENSE_ATTENTION_NET.check(attn_params(attention=None), TensorType((154, 3, 3)))
+        nets().get("dense_attention").check(p, TensorType((154, 3, 3)))
+    nets().get("dense_attention").check(attn_params(attention=None), TensorType((154, 3, 3)))
     with pytest.raises(ShapeError):
-        DENSE_RESIDUAL_NET.check(DenseResidualNetParams(kind="dense_residual"),
+        nets().get("dense_residual").check(DenseResidualNetParams(kind="dense_residual"),
                                  TensorType((70,)))
     with pytest.raises(ValidationError, match="at least one branch"):
         attn_params(attention=None, dense=False)
@@ -219,7 +210,9 @@ def test_check_and_params_validation():
 def test_dequant_context():
     torch.manual_seed(0)
     net = DequantContextNet(3, context_width=8, depth=2, growth=4)
-    assert n_params(net) == dequant_context_param_count(3, 8, 2, 4)
+    # dense block 3 -> 8, a 2×2 stride-2 conv 8 -> 8, dense block 8 -> 8
+    assert n_params(net) == (n_params(DenseBlock(3, 8, 2, 4)) + 4 * 8 * 8 + 8
+                             + n_params(DenseBlock(8, 8, 2, 4)))
     x = torch.randint(0, 256, (2, 3, 6, 8))
     assert net(x).shape == (2, 8, 3, 4)
     seen = []
@@ -236,7 +229,7 @@ def test_dequant_context():
 def scriptable_modules() -> list[tuple[str, nn.Module, torch.Tensor]]:
     torch.manual_seed(0)
     p = attn_params(width=8, depth=2, growth=4)
-    cond = DENSE_ATTENTION_NET.build(p, 3, 6, True)
+    cond = nets().get("dense_attention").build(p, 3, 6, True)
     nn.init.normal_(cond.out.weight)                  # so the comparison is not 0 == 0
     q = DenseResidualNetParams(kind="dense_residual", width=8, depth=2, growth=4)
     x = torch.randn(2, 3, 4, 4)
@@ -245,7 +238,7 @@ def scriptable_modules() -> list[tuple[str, nn.Module, torch.Tensor]]:
         ("pixel+standard", NystromAttention(6, 3, pixel_tokens=True, standard_softmax=True),
          torch.randn(2, 6, 4, 4)),
         ("dense_attention", cond.eval(), x),
-        ("dense_residual", DENSE_RESIDUAL_NET.build(q, 3, 6, True), x),
+        ("dense_residual", nets().get("dense_residual").build(q, 3, 6, True), x),
         ("dequant_context", DequantContextNet(3, context_width=8, depth=2, growth=4),
          torch.randint(0, 256, (2, 3, 4, 4))),
     ]

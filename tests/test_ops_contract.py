@@ -9,76 +9,32 @@ import torch
 from pydantic import ValidationError
 
 from flowgraph import testing as ft
+from flowgraph.compile.codegen import CodegenError, Writer
+from flowgraph.core.op import ModuleRef, OpDef, Site, Var
+from flowgraph.core.registry import nets, ops
+from flowgraph.core.types import TensorType as T
 from flowgraph.errors import ShapeError
-from flowgraph.nn import DEFAULT_NETS
-from flowgraph.ops import DEFAULT_REGISTRY, PRIOR_OPS
 from flowgraph.ops.actnorm import ActNorm, actnorm_stats
 from flowgraph.ops.base import FlowModule
 from flowgraph.ops.dequantize import DequantizeUniform
 from flowgraph.ops.permute import permutation
-from flowgraph.ops.registry import CallSite, OpDef
-from flowgraph.ops.registry import TensorType as T
 from flowgraph.ops.scales import Scale, identity_at_zero, log_scale, resolve_scale
 
 IMG, IMG4, VEC = T((3, 4, 4)), T((4, 4, 4)), T((5,))
 GLOW = {"kind": "glow", "hidden": 6}
 MLP = {"kind": "mlp", "hidden": [7]}
 
-# (op, params, inputs, conditions); every registry op needs at least one case.
-CASES: list[tuple[str, dict, list[T], list[T]]] = [
-    ("dequantize_uniform", {}, [T((3, 4, 4), 8)], []),
-    ("dequantize_uniform", {}, [T((5,), 3)], []),
-    ("dequantize_variational", {"steps": 2, "context_width": 8, "context_depth": 1,
-                                "context_growth": 4,
-                                "net": {"kind": "dense_residual", "width": 8, "depth": 1,
-                                        "growth": 2}}, [T((1, 4, 4), 8)], []),
-    ("scalar_affine", {"scale": -1.5, "shift": 0.3}, [IMG], []),
-    ("scalar_affine", {}, [VEC], []),
-    ("logit", {}, [IMG], []),
-    ("logit", {"alpha": 0.05}, [VEC], []),
-    ("actnorm", {}, [IMG], []),
-    ("actnorm", {}, [VEC], []),
-    ("conv1x1", {}, [IMG], []),
-    ("conv1x1", {"parameterization": "lu"}, [IMG], []),
-    ("conv1x1", {"parameterization": "lu"}, [IMG4], []),
-    ("conv1x1", {}, [VEC], []),
-    ("conv1x1", {"parameterization": "lu"}, [VEC], []),
-    *[("affine_coupling", {"net": GLOW, "scale": s}, [IMG], [])
-      for s in ("exp_2tanh", "sigmoid", "exp", "exp_tanh")],
-    ("affine_coupling", {"net": GLOW, "layout": "halves"}, [IMG4], []),
-    ("affine_coupling", {"net": GLOW}, [T((2, 4, 4))], [IMG, T((2,))]),
-    ("affine_coupling", {"net": {"kind": "resnet", "hidden": 6, "blocks": 1, "norm": "batch"}},
-     [IMG], []),
-    ("affine_coupling", {"net": {"kind": "cross_unit", "expansion": 2}}, [IMG], [T((2, 4, 4))]),
-    ("affine_coupling", {"net": MLP}, [VEC], []),
-    ("affine_coupling", {"net": MLP, "layout": "halves", "scale": "exp"}, [VEC], [T((2,))]),
-    *[("permute", {"kind": k, "seed": 3}, [t], [])
-      for k in ("swap_halves", "reverse", "random") for t in (IMG, VEC)],
-    ("cross_unit_coupling", {"growth": 2}, [IMG], [T((2, 4, 4))]),
-    ("cross_unit_coupling", {"growth": 3, "scale": "sigmoid"}, [IMG], [IMG, T((4,))]),
-    ("cross_unit_coupling", {"growth": 2, "g": {"kind": "cross_unit", "norm": "batch",
-                                               "kernel": 1}}, [IMG], [IMG]),
-    ("cross_unit_coupling", {"growth": 2, "g": None}, [IMG], []),
-    ("cross_unit_coupling", {"growth": 2, "g": MLP}, [VEC], [T((3,))]),
-    ("squeeze", {}, [IMG], []),
-    ("unsqueeze", {}, [T((8, 2, 2))], []),
-    ("split", {}, [IMG], []),
-    ("split", {"sizes": [1, 4]}, [VEC], []),
-    ("concat", {}, [IMG, T((2, 4, 4))], []),
-    ("concat", {}, [VEC, T((1,)), T((2,))], []),
-    ("standard_normal", {}, [IMG], []),
-    ("channel_normal", {}, [IMG], []),
-    ("channel_normal", {}, [VEC], []),
-    ("conditional_normal", {}, [IMG], [T((2, 4, 4)), T((3,))]),
-    ("conditional_normal", {}, [VEC], [T((2,))]),
-]
+# Every registered op (built-in or plugin) with every example it declares: no per-op code here.
+CASES = [(op, ex) for op in ops() for ex in op.examples]
 
 
 def _case_id(case: tuple) -> str:
-    name, params, inputs, conds = case
-    shapes = "+".join("x".join(map(str, t.shape)) for t in inputs)
-    extra = ",".join(f"{k}={v['kind'] if isinstance(v, dict) else v}" for k, v in params.items())
-    return f"{name}[{shapes}{'|' + extra if extra else ''}{f'|{len(conds)}cond' if conds else ''}]"
+    op, ex = case
+    shapes = "+".join("x".join(map(str, t.shape)) for t in ex.inputs)
+    extra = ",".join(f"{k}={v['kind'] if isinstance(v, dict) else v}"
+                     for k, v in ex.params.items())
+    return f"{op.name}[{shapes}{'|' + extra if extra else ''}" \
+           f"{f'|{len(ex.conds)}cond' if ex.conds else ''}]"
 
 
 def _inline(op: OpDef) -> bool:
@@ -87,30 +43,22 @@ def _inline(op: OpDef) -> bool:
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_op_contract(case: tuple) -> None:
-    name, params, inputs, conds = case
-    op = DEFAULT_REGISTRY.get(name)
-    if op.is_prior:
-        ft.check_prior_op(op, params, inputs, conds)
-    elif _inline(op):
-        ft.check_inline_op(op, params, inputs)
-    else:
-        x = None
-        if name == "logit":  # domain (0, 1)
-            x = torch.rand((3, *inputs[0].shape), dtype=torch.float64) * 0.9 + 0.05
-        ft.check_op(op, params, inputs, conds, x=x)
+    op, example = case
+    ft.check_example(op, example)
 
 
-EXPORT_CASES = [c for c in CASES if not _inline(DEFAULT_REGISTRY.get(c[0]))]
+EXPORT_CASES = [c for c in CASES if not _inline(c[0])]
 
 
 @pytest.mark.parametrize("case", EXPORT_CASES, ids=[_case_id(c) for c in EXPORT_CASES])
 def test_op_exports(case: tuple) -> None:
-    name, params, inputs, conds = case
-    op = DEFAULT_REGISTRY.get(name)
-    p = op.parse(params)
+    op, ex = case
+    inputs, conds = list(ex.inputs), list(ex.conds)
+    p = op.parse(ex.params)
     g = torch.Generator().manual_seed(0)
     (x,) = ft.make_inputs(inputs, 3, torch.float64, g)
-    x = x.sigmoid() if name == "logit" else x
+    if ex.domain is not None:
+        x = ex.domain[0] + (ex.domain[1] - ex.domain[0]) * x.sigmoid()
     cond = ft.make_inputs(conds, 3, torch.float64, g)
     noise = None
     if op.stochastic:
@@ -125,9 +73,20 @@ def test_op_exports(case: tuple) -> None:
     assert torch.allclose(program.module()(x, cond), module.log_prob(x, cond))
 
 
-def test_every_registry_op_has_a_contract_case() -> None:
-    assert {c[0] for c in CASES} == set(DEFAULT_REGISTRY.names())
-    assert set(PRIOR_OPS) == {op.name for op in DEFAULT_REGISTRY if op.is_prior}
+def test_every_registered_op_declares_examples_and_a_role() -> None:
+    for op in ops():
+        assert op.examples, f"{op.name} declares no examples for the contract tests"
+        assert op.role in ("transform", "dequantize", "augment", "reshape", "prior"), op.name
+        assert (op.role == "prior") == op.is_prior, op.name
+
+
+def test_parameter_counts_come_from_the_meta_build() -> None:
+    op = ops().get("affine_coupling")
+    p = op.parse({"net": GLOW})
+    built = op.build(p, [IMG], [])
+    assert op.param_count(p, [IMG], []) == sum(t.numel() for t in built.parameters())
+    big = op.parse({"net": {"kind": "glow", "hidden": 100_000}})  # 10^10 weights: no memory
+    assert op.param_count(big, [IMG], []) > 10**10
 
 
 def test_contract_check_catches_a_wrong_logdet() -> None:
@@ -198,7 +157,7 @@ def test_actnorm_all_reduce_matches_the_concatenated_batch() -> None:
 # -- conv1x1 -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("param", ["plain", "lu"])
 def test_conv1x1_freeze_uses_cached_tensors_only(param: str) -> None:
-    op = DEFAULT_REGISTRY.get("conv1x1")
+    op = ops().get("conv1x1")
     m = op.build(op.parse({"parameterization": param}), [IMG4], []).double()
     ft.perturb_(m)
     keys = set(m.state_dict())
@@ -218,7 +177,7 @@ def test_conv1x1_freeze_uses_cached_tensors_only(param: str) -> None:
 
 
 def test_conv1x1_lu_is_compact() -> None:
-    op = DEFAULT_REGISTRY.get("conv1x1")
+    op = ops().get("conv1x1")
     m = op.build(op.parse({"parameterization": "lu"}), [T((6, 2, 2))], [])
     sizes = {n: p.numel() for n, p in m.named_parameters()}
     assert sizes == {"lower": 15, "upper": 15, "log_s": 6}
@@ -229,7 +188,7 @@ def test_conv1x1_lu_is_compact() -> None:
 # -- coupling ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("scale", ["exp_2tanh", "sigmoid", "exp", "exp_tanh"])
 def test_coupling_starts_as_identity_when_scale_allows(scale: str) -> None:
-    op = DEFAULT_REGISTRY.get("affine_coupling")
+    op = ops().get("affine_coupling")
     m = op.build(op.parse({"net": GLOW, "scale": scale}), [T((5, 4, 4))], [])
     x = torch.randn(2, 5, 4, 4)
     y, ld = m(x, [], None)
@@ -266,7 +225,7 @@ def test_permutations() -> None:
 
 
 def test_squeeze_channel_convention() -> None:
-    op = DEFAULT_REGISTRY.get("squeeze")
+    op = ops().get("squeeze")
     m = op.build(op.parse({}), [T((2, 4, 6))], [])
     x = torch.arange(2 * 2 * 4 * 6.0).view(2, 2, 4, 6)
     y, _ = m(x, [], None)
@@ -277,15 +236,26 @@ def test_squeeze_channel_convention() -> None:
                 assert torch.equal(y[:, 4 * c + 2 * dy + dx], x[:, c, dy::2, dx::2])
 
 
-def test_split_concat_emit_code() -> None:
-    split, concat = DEFAULT_REGISTRY.get("split"), DEFAULT_REGISTRY.get("concat")
-    site = CallSite("self.s", ("x",), ("a", "b"), params=split.parse({}), in_types=(IMG,))
-    assert split.emit_forward(site) == ["a, b = torch.split(x, [2, 1], dim=1)"]
-    site = CallSite("self.s", ("a", "b"), ("x",), params=split.parse({}), in_types=(IMG,))
-    assert split.emit_inverse(site) == ["x = torch.cat([a, b], dim=1)"]
-    site = CallSite("self.c", ("y",), ("a", "b"), params=concat.parse({}),
-                    in_types=(IMG, T((2, 4, 4))))
-    assert concat.emit_inverse(site) == ["a, b = torch.split(y, [3, 2], dim=1)"]
+def test_split_concat_emit_structured_calls() -> None:
+    split, concat = ops().get("split"), ops().get("concat")
+    w = Writer({})
+    a, b, x, y = Var("a"), Var("b"), Var("x"), Var("y")
+    split.emit_forward(w, Site("s", ModuleRef("s"), (x,), (a, b), params=split.parse({}),
+                               in_types=(IMG,)))
+    split.emit_inverse(w, Site("s", ModuleRef("s"), (a, b), (x,), params=split.parse({}),
+                               in_types=(IMG,)))
+    concat.emit_inverse(w, Site("c", ModuleRef("c"), (y,), (a, b), params=concat.parse({}),
+                                in_types=(IMG, T((2, 4, 4)))))
+    assert w.lines == ["a, b = torch.split(x, [2, 1], dim=1)", "x = torch.cat([a, b], dim=1)",
+                       "a, b = torch.split(y, [3, 2], dim=1)"]
+
+
+def test_emitter_refuses_what_it_cannot_write() -> None:
+    w = Writer({})
+    with pytest.raises(CodegenError, match="cannot pass"):
+        w.call(torch.cat, object(), out=Var("y"))
+    with pytest.raises(CodegenError, match="Var"):
+        w.call(torch.cat, [Var("a")], out="y")
 
 
 # -- shape rules ---------------------------------------------------------------------------------
@@ -311,7 +281,7 @@ def test_split_concat_emit_code() -> None:
     ("conditional_normal", {}, [IMG], [], "at least one condition"),
 ])
 def test_shape_rules(name: str, params: dict, inputs: list, conds: list, text: str) -> None:
-    op = DEFAULT_REGISTRY.get(name)
+    op = ops().get(name)
     with pytest.raises(ShapeError) as info:
         op.infer(op.parse(params), inputs, conds)
     err = info.value
@@ -326,24 +296,22 @@ def test_shape_rules(name: str, params: dict, inputs: list, conds: list, text: s
 ])
 def test_invalid_params_are_rejected(name: str, params: dict) -> None:
     with pytest.raises(ValidationError):
-        DEFAULT_REGISTRY.get(name).parse(params)
+        ops().get(name).parse(params)
 
 
-def test_nets_end_at_zero_and_count_exactly() -> None:
+def test_nets_end_at_zero() -> None:
     for kind, image, extra in [("mlp", False, {}), ("glow", True, {"hidden": 5}),
                                ("resnet", True, {"hidden": 5, "norm": "batch"}),
                                ("cross_unit", True, {"norm": "batch"}), ("cross_unit", False, {})]:
-        net = DEFAULT_NETS.get(kind)
-        p = net.Params(kind=kind, **extra)
-        m = net.build(p, 3, 4, image)
-        assert net.param_count(p, 3, 4, image) == sum(t.numel() for t in m.parameters())
+        net = nets().get(kind)
+        m = net.build(net.Params(kind=kind, **extra), 3, 4, image)
         out = m(torch.randn((2, 3, 4, 4) if image else (2, 3)))
         assert out.shape[1] == 4 and not out.any()
 
 
 # -- priors and dequantization -------------------------------------------------------------------
 def test_channel_normal_matches_torch_distributions() -> None:
-    op = DEFAULT_REGISTRY.get("channel_normal")
+    op = ops().get("channel_normal")
     prior = ft.perturb_(op.build(op.parse({}), [IMG], []).double(), scale=0.5)
     z = torch.randn(2, 3, 4, 4, dtype=torch.float64)
     ref = torch.distributions.Normal(prior.mean, prior.log_std.exp()).log_prob(z).sum((1, 2, 3))

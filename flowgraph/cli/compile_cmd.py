@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         print(dump_spec(spec), end="")
     elif args.emit_code:
         from flowgraph.compile.codegen import generate_source
-        print(generate_source(analysis.graph)[0])
+        print(generate_source(analysis.graph).source)
     elif args.json:
         print(json.dumps(report_dict(analysis), indent=1))
     else:

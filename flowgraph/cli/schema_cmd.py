@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from flowgraph.core.registry import nets, ops
 from flowgraph.spec.schema import spec_json_schema
 
 __all__ = ["add_parser", "run"]
@@ -17,7 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    text = json.dumps(spec_json_schema(), indent=1)
+    schema = spec_json_schema([(o.name, o.summary, o.is_prior, o.Params) for o in ops()],
+                              [(n.kind, n.Params) for n in nets()])
+    text = json.dumps(schema, indent=1)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(text + "\n")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
+import typing
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,15 +14,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from flowgraph.compile.codegen import Layout, generate_source, register_source
+from flowgraph.compile.codegen import Layout, generate_source, register_source, release_source
 from flowgraph.compile.runtime import CompiledFlow
+from flowgraph.core.registry import OpRegistry
+from flowgraph.errors import FlowgraphError
 from flowgraph.graph import Analysis, Limits, analyze
 from flowgraph.graph.shapes import DEFAULT_LIMITS
-from flowgraph.ops.registry import OpRegistry
 from flowgraph.spec.io import SourceMap, dump_spec, read_spec
 from flowgraph.spec.models import FlowSpec
 
-__all__ = ["CompiledFlow", "build_flow", "compile_spec", "spec_hash"]
+__all__ = ["BuildError", "CompiledFlow", "build_flow", "compile_spec", "spec_hash"]
 
 
 def spec_hash(spec: FlowSpec) -> str:
@@ -38,23 +41,39 @@ def _set_submodule(root: nn.Module, dotted: str, module: nn.Module) -> None:
     owner.add_module(leaf, module)
 
 
+class BuildError(FlowgraphError):
+    """Building a node's module failed; names the node, its op and its YAML line."""
+
+
 def _generated_class(analysis: Analysis) -> tuple[type[CompiledFlow], Layout]:
-    source, layout = generate_source(analysis.graph)
+    code = generate_source(analysis.graph)
     name = re.sub(r"\W+", "_", analysis.spec.name).strip("_") or "flow"
-    filename = register_source(source, name)
+    filename = register_source(code.source, name)
     namespace: dict[str, Any] = {"torch": torch, "Tensor": torch.Tensor,
-                                 "Optional": __import__("typing").Optional,
-                                 "Tuple": __import__("typing").Tuple}
-    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated code
+                                 "Optional": typing.Optional, "Tuple": tuple,
+                                 **code.namespace}
+    exec(compile(code.source, filename, "exec"), namespace)  # noqa: S102 - our own generated code
     attrs = {
         "_forward_terms": namespace["_forward_terms"],
         "_inverse": torch.jit.export(namespace["_inverse"]),
         "_generate": torch.jit.export(namespace["_generate"]),
-        "_generated_source": source,
+        "_generated_source": code.source,
         "__module__": __name__,
         "__qualname__": f"CompiledFlow_{name}",
     }
-    return type(f"CompiledFlow_{name}", (CompiledFlow,), attrs), layout
+    cls = type(f"CompiledFlow_{name}", (CompiledFlow,), attrs)
+    weakref.finalize(cls, release_source, filename)  # tracebacks need it while the class lives
+    return cls, code.layout
+
+
+def _build_module(analysis: Analysis, node_id: str) -> nn.Module | None:
+    node = analysis.graph.nodes[node_id]
+    try:
+        return node.op.build(node.params, node.in_types, node.cond_types)
+    except Exception as e:
+        where = analysis.graph.smap.locate(node.path)
+        raise BuildError(f"{where}: node {node_id!r} ({node.op.name}): building its module "
+                         f"failed: {type(e).__name__}: {e}") from e
 
 
 def build_flow(analysis: Analysis, seed: int | None = None) -> CompiledFlow:
@@ -67,8 +86,7 @@ def build_flow(analysis: Analysis, seed: int | None = None) -> CompiledFlow:
             torch.manual_seed(seed)
         flow = cls()
         for node_id in g.forward_order:
-            node = g.nodes[node_id]
-            module = node.op.build(node.params, node.in_types, node.cond_types)
+            module = _build_module(analysis, node_id)
             if module is not None:
                 _set_submodule(flow, node_id, module)
     data = g.data_input().out_types["out"]

@@ -2,22 +2,36 @@ r"""Code generation: a checked `FlowGraph` -> straight-line Python methods (fx-s
 
 Generated code calls submodules by literal attribute paths (``self.block1.u0.m0.coupling``), so
 TorchScript, ``torch.compile(fullgraph=True)`` and ``torch.export`` all see plain straight-line
-code: no ModuleList iteration (forward or reversed), no dict lookups, no string dispatch.
-The source is registered with `linecache` so that TorchScript and tracebacks can read it.
+code: no ModuleList iteration, no dict lookups, no string dispatch. Variables are named after
+the nodes that produce them (``block1_u0_m0_coupling``); the compiler's own names start with
+``_``, which node ids may not. Ops state their calls through `Writer` (the `Emitter` of
+`flowgraph.core.op`); the inverse and sampling methods follow the graph's inverse schedule and
+check every read against the tensors that schedule says are known.
 """
 
 from __future__ import annotations
 
+import builtins
 import itertools
+import keyword
 import linecache
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+import torch
+
+from flowgraph.core.op import Method, ModuleRef, Site, Var
 from flowgraph.graph.ir import FlowGraph, GraphNode
-from flowgraph.ops.registry import CallSite
 
-__all__ = ["Layout", "Slot", "generate_source", "register_source"]
+__all__ = ["CodegenError", "GeneratedCode", "Layout", "Slot", "Writer", "generate_source",
+           "register_source", "release_source"]
 
 _counter = itertools.count()
+# Names the generated methods use themselves: parameters, and modules of the namespace.
+_TAKEN = frozenset({"self", "x", "z", "eps", "context", "noise", "ld", "lp", "torch", "Tensor", "Optional",
+                    "Tuple", "List"}) | frozenset(dir(builtins))
 
 
 @dataclass(frozen=True)
@@ -46,24 +60,108 @@ class Layout:
         return self.noise[-1].stop if self.noise else 0
 
 
+@dataclass(frozen=True)
+class GeneratedCode:
+    source: str
+    layout: Layout
+    #: functions the generated code calls by alias (ops' own helper functions)
+    namespace: dict[str, Callable[..., Any]]
+
+
+class CodegenError(RuntimeError):
+    """An op asked for something the generator cannot write (an op bug, named by node)."""
+
+
+@dataclass(frozen=True)
+class _Expr:
+    """Generator-internal expression text (never built by ops)."""
+
+    text: str
+
+
 def _shape_list(shape: tuple[int, ...]) -> str:
     return "[_b, " + ", ".join(str(d) for d in shape) + "]"
+
+
+def _variable_names(g: FlowGraph) -> dict[tuple[str, str], str]:
+    """(node id, port) -> a Python identifier derived from the id, unique in the method."""
+    names: dict[tuple[str, str], str] = {}
+    used: set[str] = set()
+    for node in g.nodes.values():
+        if node.kind == "input":
+            names[(node.id, "out")] = "x" if node.role == "data" else "context"
+            continue
+        if node.kind != "op" or node.op is None:
+            continue
+        for port in node.op.outputs:
+            base = re.sub(r"\W", "_", node.id.replace(".", "_"))
+            if len(node.op.outputs) > 1:
+                base += f"_{port}"
+            if base[0].isdigit() or keyword.iskeyword(base) or base in _TAKEN:
+                base += "_"
+            name, k = base, 2
+            while name in used:
+                name, k = f"{base}_{k}", k + 1
+            used.add(name)
+            names[(node.id, port)] = name
+    return names
+
+
+class Writer:
+    """Collects the lines of one method; implements `flowgraph.core.op.Emitter`."""
+
+    def __init__(self, namespace: dict[str, Callable[..., Any]]):
+        self.lines: list[str] = []
+        self.namespace = namespace
+        self.node_id = ""
+
+    def call(self, fn: Method | Callable[..., Any], *args: Any, out: Var | Sequence[Var],
+             logdet: bool = False, **kwargs: Any) -> None:
+        outs = [out] if isinstance(out, Var) else list(out)
+        if not outs or not all(isinstance(o, Var) for o in outs):
+            raise CodegenError(f"node {self.node_id!r}: `out` must be the site's Var(s)")
+        parts = [self._arg(a) for a in args] + [f"{k}={self._arg(v)}" for k, v in kwargs.items()]
+        target = ", ".join(o.name for o in outs)
+        call = f"{self._fn(fn)}({', '.join(parts)})"
+        if logdet:
+            self.lines += [f"{target}, _ld = {call}", "ld = ld + _ld"]
+        else:
+            self.lines.append(f"{target} = {call}")
+
+    def _fn(self, fn: Method | Callable[..., Any]) -> str:
+        if isinstance(fn, Method):
+            path = f"self.{fn.module.path}"
+            return path if fn.name == "forward" else f"{path}.{fn.name}"
+        name = getattr(fn, "__name__", "")
+        if name and getattr(torch, name, None) is fn:
+            return f"torch.{name}"
+        if not callable(fn) or not name.isidentifier():
+            raise CodegenError(f"node {self.node_id!r}: cannot call {fn!r}")
+        for alias, known in self.namespace.items():
+            if known is fn:
+                return alias
+        alias = f"_fn{len(self.namespace)}_{name}"
+        self.namespace[alias] = fn
+        return alias
+
+    def _arg(self, a: Any) -> str:
+        if isinstance(a, (Var, _Expr)):
+            return a.name if isinstance(a, Var) else a.text
+        if isinstance(a, (list, tuple)):
+            inner = ", ".join(self._arg(v) for v in a)
+            return f"[{inner}]"
+        if a is None or isinstance(a, (bool, int, float, str)):
+            return repr(a)
+        raise CodegenError(f"node {self.node_id!r}: cannot pass {type(a).__name__} {a!r} to "
+                           "generated code (Vars, literals and lists of them only)")
 
 
 class _Gen:
     def __init__(self, g: FlowGraph):
         self.g = g
-        self.vars: dict[tuple[str, str], str] = {}
+        self.names = _variable_names(g)
+        self.namespace: dict[str, Callable[..., Any]] = {}
         self.layout = Layout()
-        for node in g.nodes.values():
-            if node.kind == "input":
-                self.vars[(node.id, "out")] = "x" if node.role == "data" else "context"
-        counter = itertools.count()
-        for node_id in g.forward_order:
-            node = g.nodes[node_id]
-            if node.kind == "op":
-                for port in node.op.outputs:
-                    self.vars[(node_id, port)] = f"v{next(counter)}"
         pos = 0
         for lat in g.latents():
             n = lat.in_types[0].numel
@@ -77,33 +175,51 @@ class _Gen:
                 self.layout.noise.append(Slot(node_id, pos, pos + node.noise_numel, shape))
                 pos += node.noise_numel
         self.noise_slots = {s.name: s for s in self.layout.noise}
-        self.uses_context = any(self.g.condition_inputs(n) and any(
-            self.g.nodes[u].kind == "input" for u, _ in self.g.condition_inputs(n))
-            for n in g.nodes)
+        ctx = g.context_input()
+        self.uses_context = ctx is not None and any(
+            d["kind"] == "condition" for _, _, d in g.graph.out_edges(ctx.id, data=True))
 
-    def conds(self, node: GraphNode) -> str:
-        return "[" + ", ".join(self.vars[(u, p)] for u, p in
-                               self.g.condition_inputs(node.id)) + "]"
+    def var(self, tensor: tuple[str, str], known: frozenset | None = None, reader: str = ""
+            ) -> Var:
+        if known is not None and tensor not in known:
+            raise CodegenError(f"node {reader!r} reads {tensor[0]}:{tensor[1]} before the "
+                               "inverse schedule reconstructs it (compiler bug)")
+        return Var(self.names[tensor])
 
     def comment(self, node: GraphNode) -> str:
         ins = ", ".join(str(t) for t in node.in_types)
         outs = ", ".join(str(t) for t in node.out_types.values()) or "latent"
         return f"# {node.id}: {node.op_name}  {ins} -> {outs}"
 
-    def site(self, node: GraphNode, forward: bool) -> CallSite:
-        data = [self.vars[(u, p)] for u, p in self.g.data_inputs(node.id)]
-        outs = [self.vars[(node.id, p)] for p in node.op.outputs]
-        noise = "None"
+    def site(self, node: GraphNode, forward: bool, known: frozenset | None) -> Site:
+        data = [self.var(t) for t in self.g.data_inputs(node.id)]
+        outs = [self.var((node.id, p), known, node.id) for p in node.op.outputs]
+        noise = None
         slot = self.noise_slots.get(node.id)
         if forward and slot is not None:
-            noise = f"_noise[:, {slot.start}:{slot.stop}].reshape({_shape_list(slot.shape)})"
-        # an inverse that ignores its conditions must not read them: they may not exist yet
-        conds = self.conds(node) if forward or node.op.inverse_needs_conditions else "[]"
-        return CallSite(attr=f"self.{node.id}", inputs=tuple(data if forward else outs),
-                        outputs=tuple(outs if forward else data), conds=conds,
-                        noise=noise, node_id=node.id, params=node.params,
-                        in_types=tuple(node.in_types),
-                        out_types=tuple(node.out_types[p] for p in node.op.outputs))
+            noise = _Expr(f"_noise[:, {slot.start}:{slot.stop}]"
+                          f".reshape({_shape_list(slot.shape)})")
+        conds: tuple = ()
+        if forward or node.op.inverse_needs_conditions:  # else they may not exist yet
+            conds = tuple(self.var(t, known, node.id) for t in self.g.condition_inputs(node.id))
+        return Site(node.id, ModuleRef(node.id), tuple(data if forward else outs),
+                    tuple(outs if forward else data), conds, noise, node.params,
+                    tuple(node.in_types), tuple(node.out_types[p] for p in node.op.outputs))
+
+    def emit(self, w: Writer, node: GraphNode, forward: bool, known: frozenset | None) -> None:
+        w.node_id = node.id
+        site = self.site(node, forward, known)
+        try:
+            (node.op.emit_forward if forward else node.op.emit_inverse)(w, site)
+        except CodegenError:
+            raise
+        except Exception as e:
+            raise CodegenError(f"node {node.id!r} ({node.op.name}): its code emission failed: "
+                               f"{type(e).__name__}: {e}") from e
+
+    def conds_list(self, node: GraphNode, known: frozenset | None = None) -> str:
+        names = [self.var(t, known, node.id).name for t in self.g.condition_inputs(node.id)]
+        return "[" + ", ".join(names) + "]"
 
     def prologue(self, first: str) -> list[str]:
         lines = [f"_b = {first}.shape[0]"]
@@ -112,55 +228,59 @@ class _Gen:
         return lines
 
     def forward(self) -> str:
-        lines = ["if not x.is_floating_point():", "    x = x.to(self._ref.dtype)"]
-        lines += self.prologue("x")
+        w = Writer(self.namespace)
+        w.lines += ["if not x.is_floating_point():", "    x = x.to(self._ref.dtype)"]
+        w.lines += self.prologue("x")
         if self.layout.noise_dim:
             draw = (f"    _noise = torch.randn([_b, {self.layout.noise_dim}], "
                     "dtype=x.dtype, device=x.device)")
-            lines += ["if noise is None:", draw, "else:", "    _noise = noise"]
-        lines += ["ld = x.new_zeros([_b])", "lp = x.new_zeros([_b])"]
+            w.lines += ["if noise is None:", draw, "else:", "    _noise = noise"]
+        w.lines += ["ld = x.new_zeros([_b])", "lp = x.new_zeros([_b])"]
         for node_id in self.g.forward_order:
             node = self.g.nodes[node_id]
-            lines.append(self.comment(node))
+            w.lines.append(self.comment(node))
             if node.kind == "latent":
                 (src,) = self.g.data_inputs(node_id)
-                lines.append(f"lp = lp + self.{node_id}.log_prob({self.vars[src]}, "
-                             f"{self.conds(node)})")
+                w.lines.append(f"lp = lp + self.{node_id}.log_prob({self.var(src).name}, "
+                               f"{self.conds_list(node)})")
             else:
-                lines += node.op.emit_forward(self.site(node, True))
-        zs = ", ".join(f"{self.vars[self.g.data_inputs(s.name)[0]]}.reshape([_b, -1])"
+                self.emit(w, node, True, None)
+        zs = ", ".join(f"{self.var(self.g.data_inputs(s.name)[0]).name}.reshape([_b, -1])"
                        for s in self.layout.latents)
-        lines.append(f"z = torch.cat([{zs}], 1)")
-        lines.append("return z, ld, lp")
+        w.lines.append(f"z = torch.cat([{zs}], 1)")
+        w.lines.append("return z, ld, lp")
         sig = ("def _forward_terms(self, x: Tensor, context: Optional[Tensor], "
                "noise: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:")
-        return _method(sig, lines)
+        return _method(sig, w.lines)
 
     def backward(self, generate: bool) -> str:
         src = "eps" if generate else "z"
-        lines = self.prologue(src)
-        lines.append(f"ld = {src}.new_zeros([_b])")
-        for node_id in self.g.inverse_order:
+        w = Writer(self.namespace)
+        w.lines += self.prologue(src)
+        w.lines.append(f"ld = {src}.new_zeros([_b])")
+        slots = {s.name: s for s in self.layout.latents}
+        for node_id, known in zip(self.g.inverse_order, self.g.inverse_known, strict=True):
             node = self.g.nodes[node_id]
-            lines.append(self.comment(node))
+            w.lines.append(self.comment(node))
             if node.kind == "latent":
-                slot = next(s for s in self.layout.latents if s.name == node_id)
+                slot = slots[node_id]
                 piece = f"{src}[:, {slot.start}:{slot.stop}].reshape({_shape_list(slot.shape)})"
-                target = self.vars[self.g.data_inputs(node_id)[0]]
+                target = self.var(self.g.data_inputs(node_id)[0]).name
                 if generate:
-                    lines.append(f"{target} = self.{node_id}.sample({piece}, {self.conds(node)})")
+                    w.lines.append(f"{target} = self.{node_id}.sample({piece}, "
+                                   f"{self.conds_list(node, known)})")
                 else:
-                    lines.append(f"{target} = {piece}")
+                    w.lines.append(f"{target} = {piece}")
             else:
-                lines += node.op.emit_inverse(self.site(node, False))
+                self.emit(w, node, False, known)
         if generate:
-            lines.append("return x")
-            sig = ("def _generate(self, eps: Tensor, context: Optional[Tensor]) -> Tensor:")
+            w.lines.append("return x")
+            sig = "def _generate(self, eps: Tensor, context: Optional[Tensor]) -> Tensor:"
         else:
-            lines.append("return x, ld")
+            w.lines.append("return x, ld")
             sig = ("def _inverse(self, z: Tensor, context: Optional[Tensor]) "
                    "-> Tuple[Tensor, Tensor]:")
-        return _method(sig, lines)
+        return _method(sig, w.lines)
 
 
 def _method(signature: str, lines: list[str]) -> str:
@@ -168,12 +288,12 @@ def _method(signature: str, lines: list[str]) -> str:
     return f"{signature}\n{body}\n"
 
 
-def generate_source(g: FlowGraph) -> tuple[str, Layout]:
+def generate_source(g: FlowGraph) -> GeneratedCode:
     """Source of `_forward_terms`, `_inverse` and `_generate` for graph `g`."""
     gen = _Gen(g)
     parts = [gen.forward(), gen.backward(generate=False), gen.backward(generate=True)]
     header = f"# generated by flowgraph from spec {g.program.name!r}; do not edit\n"
-    return header + "\n\n".join(parts), gen.layout
+    return GeneratedCode(header + "\n\n".join(parts), gen.layout, gen.namespace)
 
 
 def register_source(source: str, name: str) -> str:
@@ -181,3 +301,8 @@ def register_source(source: str, name: str) -> str:
     filename = f"<flowgraph-generated:{name}:{next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     return filename
+
+
+def release_source(filename: str) -> None:
+    """Forget a registered source (called when its compiled class is collected)."""
+    linecache.cache.pop(filename, None)

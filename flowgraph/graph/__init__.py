@@ -8,18 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flowgraph.core.registry import OpRegistry, ops
 from flowgraph.errors import Issue, Location, SpecError
-from flowgraph.graph.checks import (
-    check_arity,
-    check_consumption,
-    check_cycles,
-    check_invertibility,
-    forward_schedule,
-    inverse_schedule,
-)
+from flowgraph.graph.checks import check_arity, check_consumption, check_cycles
 from flowgraph.graph.ir import FlowGraph, GraphNode, build_graph
+from flowgraph.graph.schedule import forward_schedule, inverse_schedule
 from flowgraph.graph.shapes import DEFAULT_LIMITS, Limits, Totals, infer_shapes
-from flowgraph.ops.registry import OpRegistry
 from flowgraph.spec.expand import expand
 from flowgraph.spec.io import SourceMap
 from flowgraph.spec.models import FlowSpec
@@ -52,9 +46,7 @@ def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
                registry: OpRegistry | None = None, limits: Limits = DEFAULT_LIMITS
                ) -> tuple[Analysis | None, list[Issue]]:
     """Run every static check; returns the analysis (None if unusable) and all issues."""
-    if registry is None:
-        from flowgraph.ops import DEFAULT_REGISTRY
-        registry = DEFAULT_REGISTRY
+    registry = registry if registry is not None else ops()
     smap = smap or SourceMap()
     issues = _check_inputs(spec, smap)
     if issues:
@@ -71,9 +63,13 @@ def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
     issues += cycles
     if cycles:
         return None, issues
+    schedule = None
     if not expand_issues:
-        issues += check_consumption(graph)
-        issues += check_invertibility(graph)
+        consumption = check_consumption(graph)
+        schedule, inverse_issues = inverse_schedule(graph)
+        issues += consumption + inverse_issues
+        if consumption:  # the inverse pass is only well defined when each tensor has one user
+            schedule = None
     totals, shape_issues = infer_shapes(graph, limits)
     issues += shape_issues
     if len(issues) > 1:  # the global dimension tally only explains something on its own
@@ -81,10 +77,11 @@ def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
     if not program.latents and not expand_issues:
         issues.append(Issue("latent", "a spec declares at least one latent in 'outputs'",
                             location=smap.locate(("outputs",))))
-    if any(i.rule == "condition-not-invertible" for i in issues):
+    if schedule is None:
         return None, issues
     graph.forward_order = forward_schedule(graph)
-    graph.inverse_order = inverse_schedule(graph)
+    graph.inverse_order = schedule.order
+    graph.inverse_known = schedule.known_before
     return Analysis(spec, graph, totals), issues
 
 

@@ -16,12 +16,14 @@ from typing import Any, Literal
 import networkx as nx
 from pydantic import ValidationError
 
+from flowgraph.core.op import OpDef
+from flowgraph.core.registry import OpRegistry
+from flowgraph.core.types import TensorType
 from flowgraph.errors import Issue
-from flowgraph.ops.registry import OpDef, OpRegistry, TensorType
 from flowgraph.spec.expand import LatentDecl, NodeDecl, Program, Ref
 from flowgraph.spec.io import SourceMap
 
-__all__ = ["FlowGraph", "GraphNode", "build_graph", "reserved_names"]
+__all__ = ["FLOW_ATTRIBUTES", "FlowGraph", "GraphNode", "build_graph", "reserved_names"]
 
 Kind = Literal["input", "op", "latent"]
 
@@ -59,6 +61,8 @@ class FlowGraph:
     smap: SourceMap
     forward_order: list[str] = field(default_factory=list)
     inverse_order: list[str] = field(default_factory=list)
+    #: per step of `inverse_order`, the tensors (node id, port) known when it runs
+    inverse_known: list[frozenset[tuple[str, str]]] = field(default_factory=list)
 
     def data_inputs(self, node_id: str) -> list[tuple[str, str]]:
         return self._in_edges(node_id, "data")
@@ -92,13 +96,23 @@ class FlowGraph:
                      if n.kind == "input" and n.role == "context"), None)
 
 
+#: The compiled flow's own attributes (beyond nn.Module's); a test keeps this in step with
+#: `flowgraph.compile.runtime.CompiledFlow`, which sits above this layer.
+FLOW_ATTRIBUTES = frozenset({
+    "bits", "bits_per_dim", "code", "data_dims", "data_shape", "draw_noise", "freeze",
+    "initialize", "inverse", "inverse_and_log_det", "is_initialized", "latent_dim",
+    "latent_parts", "latent_shapes", "log_prob", "log_prob_once", "noise_dim", "sample",
+    "sample_from_noise", "spec_hash", "spec_text",
+})
+
+
 @functools.cache
 def reserved_names() -> frozenset[str]:
-    """Names a top-level node id may not take: attributes of the compiled module."""
-    from torch import nn  # lazy: the graph layer itself stays torch-free
+    """Names no id segment may take: attributes of every module (each segment is a submodule
+    attribute of an nn.Module) and, for the first segment, of the compiled flow."""
+    from torch import nn
 
-    from flowgraph.compile.runtime import CompiledFlow
-    return frozenset(n for n in (*dir(nn.Module), *dir(CompiledFlow)) if not n.startswith("__"))
+    return frozenset(n for n in dir(nn.Module) if not n.startswith("__")) | FLOW_ATTRIBUTES
 
 
 class _Builder:
@@ -183,9 +197,11 @@ class _Builder:
         reserved = reserved_names()
         for node in self.nodes.values():
             parts = node.id.split(".")
-            if parts[0] in reserved:
-                self.issue("id", f"{parts[0]!r} is a reserved name (an attribute of the "
-                           "compiled module)", node.path, node=node.id,
+            bad = next((p for p in parts if p in reserved or p.startswith("_")), None)
+            if bad is not None:
+                self.issue("id", f"{bad!r} is a reserved name (an attribute of the compiled "
+                           "module, or a name starting with '_', which the compiler uses)",
+                           node.path, node=node.id, found=repr(node.id),
                            hint="rename the node or template instance")
             for cut in range(1, len(parts)):
                 prefix = ".".join(parts[:cut])

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowgraph.errors import Issue, ShapeError
-from flowgraph.graph.checks import forward_schedule
 from flowgraph.graph.ir import FlowGraph, GraphNode
+from flowgraph.graph.schedule import forward_schedule
 
 __all__ = ["DEFAULT_LIMITS", "Limits", "Totals", "infer_shapes"]
 

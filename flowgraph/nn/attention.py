@@ -29,20 +29,7 @@ from torch import Tensor, nn
 
 from flowgraph.errors import ShapeError
 
-__all__ = [
-    "NystromAttention",
-    "check_landmarks",
-    "newton_pinv",
-    "nystrom_param_count",
-]
-
-
-def nystrom_param_count(channels: int, embed: int) -> int:
-    """Exact parameter count: (C·3E + 3E) for the projection plus (E·C + C) for the output.
-
-    4,728 for C = 48, E = 24 (DenseFlow).
-    """
-    return channels * 3 * embed + 3 * embed + embed * channels + channels
+__all__ = ["NystromAttention", "check_landmarks", "newton_pinv"]
 
 
 def check_landmarks(height: int, width: int, landmarks: int) -> None:

@@ -16,37 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = [
-    "DenseBlock",
-    "DenseLayer",
-    "GatedConv2d",
-    "ResidualDenseBlock",
-    "dense_block_param_count",
-    "residual_dense_block_param_count",
-]
-
-
-def dense_block_param_count(in_ch: int, out_ch: int, depth: int, growth: int,
-                            gated: bool = True) -> int:
-    """Exact parameter count of `DenseBlock(in_ch, out_ch, depth, growth, gated)`.
-
-    Layer i has c_i = in_ch + growth·i inputs: (c_i² + c_i) for the 1×1 conv plus
-    (9·c_i·growth + growth) for the 3×3 conv; the output conv maps c_depth to 3·out_ch (gated)
-    or out_ch channels, with bias. DenseFlow's coupling dense branch (48, 48, 7, 64, gated)
-    has 1,559,264 parameters, of which 496·144 + 144 are the gated output conv.
-    """
-    total, c = 0, in_ch
-    for _ in range(depth):
-        total += c * c + c + 9 * c * growth + growth
-        c += growth
-    k = 3 * out_ch if gated else out_ch
-    return total + c * k + k
-
-
-def residual_dense_block_param_count(ch: int, depth: int, growth: int,
-                                     gated: bool = True) -> int:
-    """Exact parameter count of `ResidualDenseBlock(ch, depth, growth, gated)`."""
-    return dense_block_param_count(ch, ch, depth, growth, gated)
+__all__ = ["DenseBlock", "DenseLayer", "GatedConv2d", "ResidualDenseBlock"]
 
 
 class DenseLayer(nn.Module):

@@ -14,22 +14,13 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from flowgraph.core.net import NetDef, NetParams
+from flowgraph.core.types import OpParams, TensorType
 from flowgraph.errors import ShapeError
-from flowgraph.nn.attention import NystromAttention, check_landmarks, nystrom_param_count
-from flowgraph.nn.dense import DenseBlock, ResidualDenseBlock, dense_block_param_count
-from flowgraph.nn.registry import NetDef, NetParams
-from flowgraph.ops.registry import OpParams, TensorType
+from flowgraph.nn.attention import NystromAttention, check_landmarks
+from flowgraph.nn.dense import DenseBlock, ResidualDenseBlock
 
-__all__ = [
-    "DENSE_ATTENTION_NET",
-    "DENSE_RESIDUAL_NET",
-    "AttentionParams",
-    "DenseAttentionNet",
-    "DenseAttentionNetDef",
-    "DenseAttentionNetParams",
-    "DenseResidualNetDef",
-    "DenseResidualNetParams",
-]
+__all__ = ["AttentionParams", "DenseAttentionNet", "DenseAttentionNetDef", "DenseAttentionNetParams", "DenseResidualNetDef", "DenseResidualNetParams"]
 
 
 class AttentionParams(OpParams):
@@ -132,17 +123,6 @@ class DenseAttentionNetDef(NetDef):
             _, height, width = x.shape
             check_landmarks(height, width, p.attention.landmarks)
 
-    def param_count(self, p: Any, in_ch: int, out_ch: int, image: bool) -> int:
-        w = p.width
-        n_branches = int(p.attention is not None) + int(p.dense)
-        total = in_ch * w + w                                   # in_proj
-        if p.attention is not None:
-            total += nystrom_param_count(w, _embed(w, p.attention))
-        if p.dense:
-            total += dense_block_param_count(w, w, p.depth, p.growth, p.gated)
-        total += 2 * n_branches * w + n_branches * w * w        # BatchNorm + fuse (no bias)
-        return total + w * out_ch + out_ch                      # zero-init output conv
-
     def build(self, p: Any, in_ch: int, out_ch: int, image: bool) -> nn.Module:
         _require_image(self.kind, image)
         branches: list[nn.Module] = []
@@ -166,11 +146,6 @@ class DenseResidualNetDef(NetDef):
     Params = DenseResidualNetParams
     image = True
 
-    def param_count(self, p: Any, in_ch: int, out_ch: int, image: bool) -> int:
-        w = p.width
-        return (in_ch * w + w + dense_block_param_count(w, w, p.depth, p.growth, p.gated)
-                + w * out_ch + out_ch)
-
     def build(self, p: Any, in_ch: int, out_ch: int, image: bool) -> nn.Module:
         _require_image(self.kind, image)
         return nn.Sequential(
@@ -184,7 +159,3 @@ def _require_image(kind: str, image: bool) -> None:
     if not image:
         raise ShapeError(f"conditioner {kind!r} needs image features [C, H, W]",
                          found="vector features")
-
-
-DENSE_ATTENTION_NET = DenseAttentionNetDef()
-DENSE_RESIDUAL_NET = DenseResidualNetDef()

@@ -12,18 +12,9 @@ from typing import Final
 from torch import Tensor, nn
 
 from flowgraph.errors import ShapeError
-from flowgraph.nn.dense import DenseBlock, dense_block_param_count
+from flowgraph.nn.dense import DenseBlock
 
-__all__ = ["DequantContextNet", "check_dequant_context", "dequant_context_param_count"]
-
-
-def dequant_context_param_count(in_ch: int, context_width: int = 64, depth: int = 4,
-                                growth: int = 16, gated: bool = True) -> int:
-    """Exact parameter count of `DequantContextNet` (157,552 for 3 input channels)."""
-    w = context_width
-    return (dense_block_param_count(in_ch, w, depth, growth, gated)
-            + 4 * w * w + w                                   # 2×2 stride-2 conv
-            + dense_block_param_count(w, w, depth, growth, gated))
+__all__ = ["DequantContextNet", "check_dequant_context"]
 
 
 def check_dequant_context(shape: tuple[int, ...]) -> None:

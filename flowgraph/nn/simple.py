@@ -7,18 +7,16 @@ bias are zero, so the affine map that reads it starts at s = t = 0 (the identity
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Any, Literal
 
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
+from flowgraph.core.net import NetDef, NetParams
+from flowgraph.core.types import TensorType
 from flowgraph.errors import ShapeError
-from flowgraph.nn.registry import NetDef, NetParams
-from flowgraph.ops.registry import TensorType
 
-__all__ = ["CROSS_UNIT_NET", "GLOW_NET", "MLP_NET", "RESNET_NET", "CrossUnitNetParams",
-           "GlowNetParams", "MLPNetParams", "ResNetNetParams"]
+__all__ = ["CrossUnitNetParams", "GlowNetParams", "MLPNetParams", "ResNetNetParams"]
 
 Norm = Literal["none", "batch"]
 
@@ -32,10 +30,6 @@ def _zero(layer: nn.Conv2d | nn.Linear) -> nn.Conv2d | nn.Linear:
 
 def _conv(i: int, o: int, k: int) -> nn.Conv2d:
     return nn.Conv2d(i, o, k, padding=k // 2)
-
-
-def _conv_count(i: int, o: int, k: int) -> int:
-    return i * o * k * k + o
 
 
 def _bn(c: int, image: bool) -> nn.Module:
@@ -54,10 +48,6 @@ class _MLPNet(NetDef):
     kind = "mlp"
     Params = MLPNetParams
     image = False
-
-    def param_count(self, p: Any, in_ch: int, out_ch: int, image: bool) -> int:
-        dims = [in_ch, *p.hidden, out_ch]
-        return sum(a * b + b for a, b in pairwise(dims))
 
     def build(self, p: Any, in_ch: int, out_ch: int, image: bool) -> nn.Module:
         layers: list[nn.Module] = []
@@ -81,10 +71,6 @@ class _GlowNet(NetDef):
     kind = "glow"
     Params = GlowNetParams
     image = True
-
-    def param_count(self, p: Any, in_ch: int, out_ch: int, image: bool) -> int:
-        h = p.hidden
-        return _conv_count(in_ch, h, 3) + _conv_count(h, h, 1) + _conv_count(h, out_ch, 3)
 
     def build(self, p: Any, in_ch: int, out_ch: int, image: bool) -> nn.Module:
         h = p.hidden
@@ -122,11 +108,6 @@ class _ResNetNet(NetDef):
     Params = ResNetNetParams
     image = True
 
-    def param_count(self, p: Any, in_ch: int, out_ch: int, image: bool) -> int:
-        h = p.hidden
-        block = 2 * _conv_count(h, h, 3) + (4 * h if p.norm == "batch" else 0)
-        return _conv_count(in_ch, h, 3) + p.blocks * block + _conv_count(h, out_ch, 3)
-
     def build(self, p: Any, in_ch: int, out_ch: int, image: bool) -> nn.Module:
         h = p.hidden
         blocks = [_ResBlock(h, p.norm == "batch") for _ in range(p.blocks)]
@@ -160,21 +141,9 @@ class _CrossUnitNet(NetDef):
             raise ShapeError("cross_unit kernel must be odd so that padding keeps H×W",
                              found=f"kernel {p.kernel}")
 
-    def param_count(self, p: Any, in_ch: int, out_ch: int, image: bool) -> int:
-        mid = p.expansion * in_ch
-        k = p.kernel if image else 1
-        bn = 2 * mid if p.norm == "batch" else 0
-        return _conv_count(in_ch, mid, k) + bn + _conv_count(mid, out_ch, 1)
-
     def build(self, p: Any, in_ch: int, out_ch: int, image: bool) -> nn.Module:
         mid = p.expansion * in_ch
         first: nn.Module = _conv(in_ch, mid, p.kernel) if image else nn.Linear(in_ch, mid)
         last = _conv(mid, out_ch, 1) if image else nn.Linear(mid, out_ch)
         norm = [_bn(mid, image)] if p.norm == "batch" else []
         return nn.Sequential(first, *norm, nn.ReLU(), _zero(last))
-
-
-MLP_NET = _MLPNet()
-GLOW_NET = _GlowNet()
-RESNET_NET = _ResNetNet()
-CROSS_UNIT_NET = _CrossUnitNet()

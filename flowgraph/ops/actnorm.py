@@ -8,11 +8,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flowgraph.ops.affine import require_continuous
+from flowgraph.core.op import Example, OpDef
+from flowgraph.core.types import OpParams, TensorType
 from flowgraph.ops.base import FlowModule
-from flowgraph.ops.registry import OpDef, OpParams, TensorType
 
-__all__ = ["ACTNORM_OP", "ActNorm", "ActNormParams", "actnorm_stats"]
+__all__ = ["ActNorm", "ActNormParams", "actnorm_stats"]
 
 
 def actnorm_stats(x: Tensor) -> Tensor:
@@ -97,19 +97,17 @@ class _ActNormOp(OpDef):
     name = "actnorm"
     Params = ActNormParams
     summary = "per-channel affine z = (x - b) exp(-s), data-dependent init via data_init()"
+    examples = (
+        Example({}, (TensorType((3, 4, 4)),)),
+        Example({}, (TensorType((5,)),)),
+    )
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
         (x,) = inputs
-        require_continuous(x, self.name)
+        self.require_continuous(x, self.name)
         return {"out": TensorType(x.shape)}
-
-    def param_count(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> int:
-        return 2 * inputs[0].shape[0]
 
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> ActNorm:
         x = inputs[0]
         return ActNorm(x.shape[0], len(x.shape), x.numel // x.shape[0])
-
-
-ACTNORM_OP = _ActNormOp()

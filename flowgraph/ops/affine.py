@@ -10,20 +10,12 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from flowgraph.errors import ShapeError
+from flowgraph.core.op import Example, OpDef
+from flowgraph.core.types import OpParams, TensorType
 from flowgraph.ops.base import FlowModule, sum_per_sample
-from flowgraph.ops.registry import OpDef, OpParams, TensorType
 
-__all__ = ["LOGIT_OP", "SCALAR_AFFINE_OP", "Logit", "LogitParams", "ScalarAffine",
-           "ScalarAffineParams", "require_continuous"]
+__all__ = ["Logit", "LogitParams", "ScalarAffine", "ScalarAffineParams"]
 
-
-def require_continuous(x: TensorType, op: str) -> None:
-    """Density ops need continuous data: a log-det on n-bit integers means nothing."""
-    if x.bits is not None:
-        raise ShapeError(f"{op} needs continuous input, but this tensor is discrete",
-                         found=f"{x}",
-                         hint="put a dequantize op (e.g. dequantize_uniform) before it")
 
 
 class ScalarAffineParams(OpParams):
@@ -71,11 +63,15 @@ class _ScalarAffineOp(OpDef):
     name = "scalar_affine"
     Params = ScalarAffineParams
     summary = "y = scale·x + shift (constant log-det D·log|scale|)"
+    examples = (
+        Example({"scale": -1.5, "shift": 0.3}, (TensorType((3, 4, 4)),)),
+        Example({}, (TensorType((5,)),)),
+    )
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
         (x,) = inputs
-        require_continuous(x, self.name)
+        self.require_continuous(x, self.name)
         return {"out": TensorType(x.shape)}
 
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> ScalarAffine:
@@ -121,16 +117,16 @@ class _LogitOp(OpDef):
     name = "logit"
     Params = LogitParams
     summary = "y = logit(alpha + (1 - 2 alpha) x), for data in (0, 1)"
+    examples = (
+        Example({}, (TensorType((3, 4, 4)),), (), (0.05, 0.95)),
+        Example({"alpha": 0.05}, (TensorType((5,)),), (), (0.05, 0.95)),
+    )
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
         (x,) = inputs
-        require_continuous(x, self.name)
+        self.require_continuous(x, self.name)
         return {"out": TensorType(x.shape)}
 
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> Logit:
         return Logit(p.alpha)
-
-
-SCALAR_AFFINE_OP = _ScalarAffineOp()
-LOGIT_OP = _LogitOp()

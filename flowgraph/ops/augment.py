@@ -8,16 +8,16 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
+from flowgraph.core.op import Example, OpDef
+from flowgraph.core.registry import NetSpec, nets
+from flowgraph.core.types import OpParams, Shape, TensorType
 from flowgraph.errors import ShapeError
-from flowgraph.nn import DEFAULT_NETS, NetSpec
 from flowgraph.nn.simple import CrossUnitNetParams
-from flowgraph.ops.affine import require_continuous
 from flowgraph.ops.base import FlowModule, std_normal_log_prob, sum_per_sample
 from flowgraph.ops.coupling import condition_channels, conditions_to_features
-from flowgraph.ops.registry import OpDef, OpParams, Shape, TensorType
 from flowgraph.ops.scales import ScaleName, log_scale, resolve_scale
 
-__all__ = ["CROSS_UNIT_COUPLING_OP", "CrossUnitCoupling", "CrossUnitCouplingParams"]
+__all__ = ["CrossUnitCoupling", "CrossUnitCouplingParams"]
 
 
 class CrossUnitCouplingParams(OpParams):
@@ -78,6 +78,14 @@ class _CrossUnitCouplingOp(OpDef):
     name = "cross_unit_coupling"
     Params = CrossUnitCouplingParams
     summary = "append growth noise channels mu(cond) + sigma(cond) e (DenseFlow augmentation)"
+    role = "augment"
+    examples = (
+        Example({"growth": 2}, (TensorType((3, 4, 4)),), (TensorType((2, 4, 4)),)),
+        Example({"growth": 3, "scale": "sigmoid"}, (TensorType((3, 4, 4)),), (TensorType((3, 4, 4)), TensorType((4,)),)),
+        Example({"growth": 2, "g": {"kind": "cross_unit", "norm": "batch", "kernel": 1}}, (TensorType((3, 4, 4)),), (TensorType((3, 4, 4)),)),
+        Example({"growth": 2, "g": None}, (TensorType((3, 4, 4)),)),
+        Example({"growth": 2, "g": {"kind": "mlp", "hidden": [7]}}, (TensorType((5,)),), (TensorType((3,)),)),
+    )
     conditions = "optional"
     bijective = False
     stochastic = True
@@ -99,20 +107,14 @@ class _CrossUnitCouplingOp(OpDef):
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
         (x,) = inputs
-        require_continuous(x, self.name)
+        self.require_continuous(x, self.name)
         if len(x.shape) not in (1, 3):
             raise ShapeError("cross_unit_coupling needs an image [C, H, W] or a vector [D]",
                              found=f"shape {list(x.shape)}")
         in_ch, _ = self._g_io(p, x, conds)
         if p.g is not None:
-            DEFAULT_NETS.get(p.g.kind).check(p.g, TensorType((in_ch, *x.shape[1:])))
+            nets().get(p.g.kind).check(p.g, TensorType((in_ch, *x.shape[1:])))
         return {"out": TensorType((x.shape[0] + p.growth, *x.shape[1:]))}
-
-    def param_count(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> int:
-        if p.g is None:
-            return 0
-        in_ch, out_ch = self._g_io(p, inputs[0], conds)
-        return DEFAULT_NETS.get(p.g.kind).param_count(p.g, in_ch, out_ch, inputs[0].is_image)
 
     def noise_shape(self, p: Any, inputs: list[TensorType]) -> Shape | None:
         return (p.growth, *inputs[0].shape[1:])
@@ -126,9 +128,6 @@ class _CrossUnitCouplingOp(OpDef):
         g = None
         if p.g is not None:
             in_ch, out_ch = self._g_io(p, x, conds)
-            g = DEFAULT_NETS.get(p.g.kind).build(p.g, in_ch, out_ch, x.is_image)
+            g = nets().get(p.g.kind).build(p.g, in_ch, out_ch, x.is_image)
         return CrossUnitCoupling(g, x.shape[0], p.growth, int(resolve_scale(p.scale)),
                                  x.is_image)
-
-
-CROSS_UNIT_COUPLING_OP = _CrossUnitCouplingOp()

@@ -27,7 +27,15 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FlowModule", "Prior", "at_least_fp32", "std_normal_log_prob", "sum_per_sample"]
+__all__ = ["FlowModule", "Prior", "at_least_fp32", "building_on_meta", "std_normal_log_prob",
+           "sum_per_sample"]
+
+
+def building_on_meta() -> bool:
+    """True while a module is built under ``torch.device("meta")`` (to count its parameters):
+    an __init__ that computes its initial values (a QR, an LU) can then skip the computation
+    and create tensors of the right shapes only."""
+    return torch.empty(0).is_meta
 
 
 def at_least_fp32(t: Tensor) -> Tensor:

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from flowgraph.core.op import Example, OpDef
+from flowgraph.core.types import OpParams, TensorType
 from flowgraph.errors import ShapeError
-from flowgraph.ops.affine import require_continuous
-from flowgraph.ops.base import FlowModule
-from flowgraph.ops.registry import OpDef, OpParams, TensorType
+from flowgraph.ops.base import FlowModule, building_on_meta
 
 __all__ = ["CONV1X1_OP", "Conv1x1Params", "LUConv1x1", "PlainConv1x1"]
 
@@ -115,10 +115,15 @@ class LUConv1x1(_Conv1x1):
     def __init__(self, channels: int, image: bool, spatial: int):
         super().__init__(channels, image, spatial)
         c = channels
+        li, ui = torch.tril_indices(c, c, -1), torch.triu_indices(c, c, 1)
+        if building_on_meta():  # parameters of the right shapes; no factorisation
+            n = c * (c - 1) // 2
+            self.lower, self.upper = nn.Parameter(torch.empty(n)), nn.Parameter(torch.empty(n))
+            self.log_s = nn.Parameter(torch.empty(c))
+            return
         w0 = nn.init.orthogonal_(torch.empty(c, c))
         p, lower, upper = torch.linalg.lu(w0)
         s = torch.diagonal(upper)
-        li, ui = torch.tril_indices(c, c, -1), torch.triu_indices(c, c, 1)
         self.register_buffer("perm", p)
         self.register_buffer("sign", torch.sign(s))
         self.lower = nn.Parameter(lower[li[0], li[1]].clone())
@@ -160,18 +165,22 @@ class _Conv1x1Op(OpDef):
     name = "conv1x1"
     Params = Conv1x1Params
     summary = "invertible 1x1 convolution (plain W or LU), a D×D linear map on vectors"
+    examples = (
+        Example({}, (TensorType((3, 4, 4)),)),
+        Example({"parameterization": "lu"}, (TensorType((3, 4, 4)),)),
+        Example({"parameterization": "lu"}, (TensorType((4, 4, 4)),)),
+        Example({}, (TensorType((5,)),)),
+        Example({"parameterization": "lu"}, (TensorType((5,)),)),
+    )
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
         (x,) = inputs
-        require_continuous(x, self.name)
+        self.require_continuous(x, self.name)
         if len(x.shape) not in (1, 3):
             raise ShapeError("conv1x1 needs an image [C, H, W] or a vector [D]",
                              found=f"shape {list(x.shape)}")
         return {"out": TensorType(x.shape)}
-
-    def param_count(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> int:
-        return inputs[0].shape[0] ** 2
 
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> nn.Module:
         x = inputs[0]

@@ -7,15 +7,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from flowgraph.core.op import Example, OpDef
+from flowgraph.core.registry import NetSpec, nets
+from flowgraph.core.types import OpParams, TensorType
 from flowgraph.errors import ShapeError
-from flowgraph.nn import DEFAULT_NETS, NetSpec
-from flowgraph.ops.affine import require_continuous
 from flowgraph.ops.base import FlowModule, sum_per_sample
-from flowgraph.ops.registry import OpDef, OpParams, TensorType
 from flowgraph.ops.scales import ScaleName, log_scale, resolve_scale
 
-__all__ = ["AFFINE_COUPLING_OP", "AffineCoupling", "AffineCouplingParams",
-           "condition_channels", "conditions_to_features"]
+__all__ = ["AffineCoupling", "AffineCouplingParams", "condition_channels", "conditions_to_features"]
 
 
 def condition_channels(x: TensorType, conds: list[TensorType], op: str) -> int:
@@ -115,6 +114,18 @@ class _AffineCouplingOp(OpDef):
     name = "affine_coupling"
     Params = AffineCouplingParams
     summary = "affine coupling: x2 -> sigma(s) x2 + t with (s, t) = net(x1, conditions)"
+    examples = (
+        Example({"net": {"kind": "glow", "hidden": 6}, "scale": "exp_2tanh"}, (TensorType((3, 4, 4)),)),
+        Example({"net": {"kind": "glow", "hidden": 6}, "scale": "sigmoid"}, (TensorType((3, 4, 4)),)),
+        Example({"net": {"kind": "glow", "hidden": 6}, "scale": "exp"}, (TensorType((3, 4, 4)),)),
+        Example({"net": {"kind": "glow", "hidden": 6}, "scale": "exp_tanh"}, (TensorType((3, 4, 4)),)),
+        Example({"net": {"kind": "glow", "hidden": 6}, "layout": "halves"}, (TensorType((4, 4, 4)),)),
+        Example({"net": {"kind": "glow", "hidden": 6}}, (TensorType((2, 4, 4)),), (TensorType((3, 4, 4)), TensorType((2,)),)),
+        Example({"net": {"kind": "resnet", "hidden": 6, "blocks": 1, "norm": "batch"}}, (TensorType((3, 4, 4)),)),
+        Example({"net": {"kind": "cross_unit", "expansion": 2}}, (TensorType((3, 4, 4)),), (TensorType((2, 4, 4)),)),
+        Example({"net": {"kind": "mlp", "hidden": [7]}}, (TensorType((5,)),)),
+        Example({"net": {"kind": "mlp", "hidden": [7]}, "layout": "halves", "scale": "exp"}, (TensorType((5,)),), (TensorType((2,)),)),
+    )
     conditions = "optional"
 
     def _net_io(self, p: Any, x: TensorType, conds: list[TensorType]) -> tuple[int, int]:
@@ -125,27 +136,19 @@ class _AffineCouplingOp(OpDef):
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
         (x,) = inputs
-        require_continuous(x, self.name)
+        self.require_continuous(x, self.name)
         if len(x.shape) not in (1, 3) or x.shape[0] < 2:
             raise ShapeError("affine_coupling needs an image [C, H, W] or a vector [D] with at "
                              "least 2 channels (one to condition on, one to transform)",
                              found=f"shape {list(x.shape)}")
         in_ch, _ = self._net_io(p, x, conds)
-        DEFAULT_NETS.get(p.net.kind).check(p.net, TensorType((in_ch, *x.shape[1:])))
+        nets().get(p.net.kind).check(p.net, TensorType((in_ch, *x.shape[1:])))
         return {"out": TensorType(x.shape)}
-
-    def param_count(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> int:
-        x = inputs[0]
-        in_ch, out_ch = self._net_io(p, x, conds)
-        return DEFAULT_NETS.get(p.net.kind).param_count(p.net, in_ch, out_ch, x.is_image)
 
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> AffineCoupling:
         x = inputs[0]
         in_ch, out_ch = self._net_io(p, x, conds)
-        net = DEFAULT_NETS.get(p.net.kind).build(p.net, in_ch, out_ch, x.is_image)
+        net = nets().get(p.net.kind).build(p.net, in_ch, out_ch, x.is_image)
         c = x.shape[0]
         return AffineCoupling(net, c - c // 2, c // 2, int(resolve_scale(p.scale)),
                               p.layout == "interleaved", x.is_image)
-
-
-AFFINE_COUPLING_OP = _AffineCouplingOp()

@@ -8,12 +8,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowgraph.core.op import Example, OpDef
+from flowgraph.core.types import OpParams, Shape, TensorType
 from flowgraph.errors import ShapeError
 from flowgraph.ops.base import FlowModule
-from flowgraph.ops.registry import OpDef, OpParams, Shape, TensorType
 
-__all__ = ["DEQUANTIZE_UNIFORM_OP", "DequantizeUniform", "DequantizeUniformParams",
-           "Dequantizer", "DequantizerOp", "require_discrete"]
+__all__ = ["DequantizeUniform", "DequantizeUniformParams", "Dequantizer", "DequantizerOp", "require_discrete"]
 
 
 def require_discrete(x: TensorType, op: str) -> None:
@@ -79,7 +79,7 @@ class DequantizerOp(OpDef):
     """Flags every dequantization op shares: stochastic, not bijective, needs no condition
     to invert (floor), and the only op allowed to read discrete data."""
 
-    family = "dequantization"
+    role = "dequantize"
     bijective = False
     stochastic = True
     inverse_needs_conditions = False
@@ -90,6 +90,10 @@ class _DequantizeUniformOp(DequantizerOp):
     name = "dequantize_uniform"
     Params = DequantizeUniformParams
     summary = "uniform dequantization y = (x + u)/2^bits, u = Phi(noise)"
+    examples = (
+        Example({}, (TensorType((3, 4, 4), 8),)),
+        Example({}, (TensorType((5,), 3),)),
+    )
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
@@ -105,6 +109,3 @@ class _DequantizeUniformOp(DequantizerOp):
         self.infer(p, inputs, conds)  # raises on continuous input, so bits is set below
         x = inputs[0]
         return DequantizeUniform(int(x.bits or 0), x.numel)
-
-
-DEQUANTIZE_UNIFORM_OP = _DequantizeUniformOp()

@@ -31,22 +31,22 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
-from flowgraph.nn import DEFAULT_NETS, NetSpec
+from flowgraph.core.op import Example
+from flowgraph.core.registry import NetSpec, nets
+from flowgraph.core.types import OpParams, Shape, TensorType
 from flowgraph.nn.denseflow_net import DenseResidualNetParams
 from flowgraph.nn.dequant_context import (
     DequantContextNet,
     check_dequant_context,
-    dequant_context_param_count,
 )
 from flowgraph.ops.base import FlowModule, sum_per_sample
 from flowgraph.ops.conv1x1 import PlainConv1x1
 from flowgraph.ops.coupling import AffineCoupling
 from flowgraph.ops.dequantize import Dequantizer, DequantizerOp, require_discrete
-from flowgraph.ops.registry import OpParams, Shape, TensorType
 from flowgraph.ops.reshape import _unsqueeze
 from flowgraph.ops.scales import ScaleName, resolve_scale
 
-__all__ = ["DEQUANTIZE_VARIATIONAL_OP", "DequantizeVariational", "DequantizeVariationalParams"]
+__all__ = ["DequantizeVariational", "DequantizeVariationalParams"]
 
 
 class DequantizeVariationalParams(OpParams):
@@ -83,7 +83,7 @@ class DequantizeVariational(Dequantizer):
                                          p.context_growth)
         self.base_mean = nn.Parameter(torch.zeros(c4))
         self.base_log_std = nn.Parameter(torch.zeros(c4))
-        net_def = DEFAULT_NETS.get(p.net.kind)
+        net_def = nets().get(p.net.kind)
         half = c4 - c4 // 2
         scale = int(resolve_scale(p.scale))
         self.steps = nn.ModuleList([
@@ -128,13 +128,17 @@ class _DequantizeVariationalOp(DequantizerOp):
     name = "dequantize_variational"
     Params = DequantizeVariationalParams
     summary = "variational dequantization: u ~ q(u|x), a conditional flow (Flow++ / DenseFlow)"
+    examples = (
+        Example({"steps": 2, "context_width": 8, "context_depth": 1, "context_growth": 4,
+                 "net": {"kind": "dense_residual", "width": 8, "depth": 1, "growth": 2}}, (TensorType((1, 4, 4), 8),)),
+    )
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
         (x,) = inputs
         require_discrete(x, self.name)
         check_dequant_context(x.shape)
-        DEFAULT_NETS.get(p.net.kind).check(p.net, TensorType((2 * x.shape[0] + p.context_width,
+        nets().get(p.net.kind).check(p.net, TensorType((2 * x.shape[0] + p.context_width,
                                                               x.shape[1] // 2, x.shape[2] // 2)))
         return {"out": TensorType(x.shape)}
 
@@ -142,20 +146,8 @@ class _DequantizeVariationalOp(DequantizerOp):
         c, h, w = inputs[0].shape
         return (4 * c, h // 2, w // 2)
 
-    def param_count(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> int:
-        c = inputs[0].shape[0]
-        c4 = 4 * c
-        net = DEFAULT_NETS.get(p.net.kind).param_count(p.net, c4 - c4 // 2 + p.context_width,
-                                                       2 * (c4 // 2), True)
-        context = dequant_context_param_count(c, p.context_width, p.context_depth,
-                                              p.context_growth)
-        return context + 2 * c4 + p.steps * (c4 * c4 + net) + c4 * c4
-
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> DequantizeVariational:
         x = inputs[0]
         c, h, w = x.shape
         return DequantizeVariational(c, h, w, int(x.bits or 8), p)
-
-
-DEQUANTIZE_VARIATIONAL_OP = _DequantizeVariationalOp()

@@ -8,11 +8,12 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
+from flowgraph.core.op import Example, OpDef
+from flowgraph.core.types import OpParams, TensorType
 from flowgraph.errors import ShapeError
 from flowgraph.ops.base import FlowModule
-from flowgraph.ops.registry import OpDef, OpParams, TensorType
 
-__all__ = ["PERMUTE_OP", "Permute", "PermuteParams", "permutation"]
+__all__ = ["Permute", "PermuteParams", "permutation"]
 
 
 class PermuteParams(OpParams):
@@ -29,14 +30,15 @@ def permutation(kind: str, channels: int, seed: int = 0) -> Tensor:
     channels plus the first of the untouched ones. ``random`` uses a local generator seeded
     with `seed`, so the global RNG is untouched and the order depends only on (C, seed).
     """
+    cpu = torch.device("cpu")  # a fixed index, even while a module is built on `meta`
     if kind == "swap_halves":
         h = channels - channels // 2
-        return torch.cat([torch.arange(h, channels), torch.arange(0, h)])
+        return torch.cat([torch.arange(h, channels, device=cpu), torch.arange(0, h, device=cpu)])
     if kind == "reverse":
-        return torch.arange(channels - 1, -1, -1)
+        return torch.arange(channels - 1, -1, -1, device=cpu)
     if kind == "random":
         g = torch.Generator().manual_seed(seed)
-        return torch.randperm(channels, generator=g)
+        return torch.randperm(channels, generator=g, device=cpu)
     raise ValueError(f"unknown permutation kind {kind!r}")
 
 
@@ -65,6 +67,14 @@ class _PermuteOp(OpDef):
     name = "permute"
     Params = PermuteParams
     summary = "fixed channel permutation: swap_halves (DenseFlow), reverse, random(seed)"
+    examples = (
+        Example({"kind": "swap_halves", "seed": 3}, (TensorType((3, 4, 4)),)),
+        Example({"kind": "swap_halves", "seed": 3}, (TensorType((5,)),)),
+        Example({"kind": "reverse", "seed": 3}, (TensorType((3, 4, 4)),)),
+        Example({"kind": "reverse", "seed": 3}, (TensorType((5,)),)),
+        Example({"kind": "random", "seed": 3}, (TensorType((3, 4, 4)),)),
+        Example({"kind": "random", "seed": 3}, (TensorType((5,)),)),
+    )
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
@@ -76,6 +86,3 @@ class _PermuteOp(OpDef):
 
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> Permute:
         return Permute(permutation(p.kind, inputs[0].shape[0], p.seed))
-
-
-PERMUTE_OP = _PermuteOp()

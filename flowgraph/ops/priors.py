@@ -12,14 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowgraph.core.op import Example, OpDef
+from flowgraph.core.types import OpParams, TensorType
 from flowgraph.errors import ShapeError
-from flowgraph.ops.affine import require_continuous
 from flowgraph.ops.base import Prior, at_least_fp32, std_normal_log_prob
 from flowgraph.ops.coupling import condition_channels, conditions_to_features
-from flowgraph.ops.registry import OpDef, OpParams, TensorType
 
-__all__ = ["CHANNEL_NORMAL_OP", "CONDITIONAL_NORMAL_OP", "STANDARD_NORMAL_OP", "ChannelNormal",
-           "ConditionalNormal", "PriorParams", "StandardNormal", "normal_log_prob"]
+__all__ = ["ChannelNormal", "ConditionalNormal", "PriorParams", "StandardNormal", "normal_log_prob"]
 
 
 def normal_log_prob(z: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
@@ -114,21 +113,24 @@ class _PriorOp(OpDef):
     """Shared arity of priors: one latent input, no outputs."""
 
     Params = PriorParams
-    family = "prior"
     n_inputs = 1
     outputs = ()
     is_prior = True
+    role = "prior"
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
         (z,) = inputs
-        require_continuous(z, self.name)
+        self.require_continuous(z, self.name)
         return {}
 
 
 class _StandardNormalOp(_PriorOp):
     name = "standard_normal"
     summary = "fixed N(0, I) prior"
+    examples = (
+        Example({}, (TensorType((3, 4, 4)),)),
+    )
 
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> Prior:
         return StandardNormal()
@@ -137,9 +139,10 @@ class _StandardNormalOp(_PriorOp):
 class _ChannelNormalOp(_PriorOp):
     name = "channel_normal"
     summary = "N(mu_c, sigma_c^2) prior, learned per channel (DenseFlow base)"
-
-    def param_count(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> int:
-        return 2 * inputs[0].shape[0]
+    examples = (
+        Example({}, (TensorType((3, 4, 4)),)),
+        Example({}, (TensorType((5,)),)),
+    )
 
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> Prior:
         z = inputs[0]
@@ -149,12 +152,16 @@ class _ChannelNormalOp(_PriorOp):
 class _ConditionalNormalOp(_PriorOp):
     name = "conditional_normal"
     summary = "N(mu(c), sigma(c)^2) prior from a zero-init conv/linear of the conditions (Glow)"
+    examples = (
+        Example({}, (TensorType((3, 4, 4)),), (TensorType((2, 4, 4)), TensorType((3,)),)),
+        Example({}, (TensorType((5,)),), (TensorType((2,)),)),
+    )
     conditions = "required"
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
         (z,) = inputs
-        require_continuous(z, self.name)
+        self.require_continuous(z, self.name)
         if len(z.shape) not in (1, 3):
             raise ShapeError("conditional_normal needs an image [C, H, W] or a vector [D]",
                              found=f"shape {list(z.shape)}")
@@ -164,17 +171,7 @@ class _ConditionalNormalOp(_PriorOp):
         condition_channels(z, conds, self.name)
         return {}
 
-    def param_count(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> int:
-        z = inputs[0]
-        k = 9 if z.is_image else 1  # 3×3 kernel
-        return condition_channels(z, conds, self.name) * 2 * z.shape[0] * k + 2 * z.shape[0]
-
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> Prior:
         z = inputs[0]
         return ConditionalNormal(condition_channels(z, conds, self.name), z.shape[0],
                                  z.is_image)
-
-
-STANDARD_NORMAL_OP = _StandardNormalOp()
-CHANNEL_NORMAL_OP = _ChannelNormalOp()
-CONDITIONAL_NORMAL_OP = _ConditionalNormalOp()

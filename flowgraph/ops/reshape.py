@@ -1,7 +1,7 @@
 r"""Shape ops: `squeeze` / `unsqueeze` (space ↔ channels) and the inline `split` / `concat`.
 
 All are volume-preserving rearrangements (log|det| = 0) and keep discrete data discrete.
-`split` and `concat` have no module: the code generator asks them for one line of code.
+`split` and `concat` have no module: each states one torch call to the code generator.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import torch
 from pydantic import PositiveInt
 from torch import Tensor
 
+from flowgraph.core.op import Emitter, Example, OpDef, Site
+from flowgraph.core.types import OpParams, TensorType
 from flowgraph.errors import ShapeError
 from flowgraph.ops.base import FlowModule
-from flowgraph.ops.registry import CallSite, OpDef, OpParams, TensorType
 
-__all__ = ["CONCAT_OP", "SPLIT_OP", "SQUEEZE_OP", "UNSQUEEZE_OP", "ConcatParams", "SplitParams",
-           "Squeeze", "SqueezeParams", "Unsqueeze", "split_sizes"]
+__all__ = ["ConcatParams", "SplitParams", "Squeeze", "SqueezeParams", "Unsqueeze", "split_sizes"]
 
 
 class SqueezeParams(OpParams):
@@ -78,6 +78,10 @@ class _SqueezeOp(OpDef):
     name = "squeeze"
     Params = SqueezeParams
     summary = "space-to-channel by 2: [C, H, W] -> [4C, H/2, W/2] (channel 4c + 2dy + dx)"
+    role = "reshape"
+    examples = (
+        Example({}, (TensorType((3, 4, 4)),)),
+    )
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
@@ -95,6 +99,10 @@ class _UnsqueezeOp(OpDef):
     name = "unsqueeze"
     Params = SqueezeParams
     summary = "channel-to-space by 2: [4C, H, W] -> [C, 2H, 2W] (inverse of squeeze)"
+    role = "reshape"
+    examples = (
+        Example({}, (TensorType((8, 2, 2)),)),
+    )
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
               ) -> dict[str, TensorType]:
@@ -126,6 +134,11 @@ class _SplitOp(OpDef):
     name = "split"
     Params = SplitParams
     summary = "split along channels into ports first/second (inline torch.split)"
+    role = "reshape"
+    examples = (
+        Example({}, (TensorType((3, 4, 4)),)),
+        Example({"sizes": [1, 4]}, (TensorType((5,)),)),
+    )
     outputs = ("first", "second")
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
@@ -141,13 +154,12 @@ class _SplitOp(OpDef):
         return {"first": TensorType((s1, *rest), x.bits),
                 "second": TensorType((s2, *rest), x.bits)}
 
-    def emit_forward(self, site: CallSite) -> list[str]:
-        s1, s2 = split_sizes(site.params, site.in_types[0])
-        a, b = site.outputs
-        return [f"{a}, {b} = torch.split({site.inputs[0]}, [{s1}, {s2}], dim=1)"]
+    def emit_forward(self, e: Emitter, s: Site) -> None:
+        e.call(torch.split, s.inputs[0], list(split_sizes(s.params, s.in_types[0])), dim=1,
+               out=s.outputs)
 
-    def emit_inverse(self, site: CallSite) -> list[str]:
-        return [f"{site.outputs[0]} = torch.cat([{', '.join(site.inputs)}], dim=1)"]
+    def emit_inverse(self, e: Emitter, s: Site) -> None:
+        e.call(torch.cat, list(s.inputs), dim=1, out=s.outputs)
 
 
 class ConcatParams(OpParams):
@@ -158,6 +170,11 @@ class _ConcatOp(OpDef):
     name = "concat"
     Params = ConcatParams
     summary = "concatenate 2+ inputs along channels (inline torch.cat)"
+    role = "reshape"
+    examples = (
+        Example({}, (TensorType((3, 4, 4)), TensorType((2, 4, 4)),)),
+        Example({}, (TensorType((5,)), TensorType((1,)), TensorType((2,)),)),
+    )
     n_inputs = None
 
     def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
@@ -176,15 +193,9 @@ class _ConcatOp(OpDef):
         c = sum(x.shape[0] for x in inputs)
         return {"out": TensorType((c, *first.shape[1:]), first.bits)}
 
-    def emit_forward(self, site: CallSite) -> list[str]:
-        return [f"{site.outputs[0]} = torch.cat([{', '.join(site.inputs)}], dim=1)"]
+    def emit_forward(self, e: Emitter, s: Site) -> None:
+        e.call(torch.cat, list(s.inputs), dim=1, out=s.outputs)
 
-    def emit_inverse(self, site: CallSite) -> list[str]:
-        sizes = ", ".join(str(t.shape[0]) for t in site.in_types)
-        return [f"{', '.join(site.outputs)} = torch.split({site.inputs[0]}, [{sizes}], dim=1)"]
-
-
-SQUEEZE_OP = _SqueezeOp()
-UNSQUEEZE_OP = _UnsqueezeOp()
-SPLIT_OP = _SplitOp()
-CONCAT_OP = _ConcatOp()
+    def emit_inverse(self, e: Emitter, s: Site) -> None:
+        e.call(torch.split, s.inputs[0], [t.shape[0] for t in s.in_types], dim=1,
+               out=s.outputs)

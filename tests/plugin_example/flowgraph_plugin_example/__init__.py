@@ -1,0 +1,1 @@
+"""An example flowgraph plugin (see pyproject.toml for its entry points)."""
