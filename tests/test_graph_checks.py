@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+import torch
 
 from flowgraph.errors import SpecError
 from flowgraph.graph import analyze, check_spec
@@ -158,3 +159,89 @@ def test_analyze_raises_spec_error_with_every_issue():
     with pytest.raises(SpecError) as e:
         analyze(*parse_spec(textwrap.dedent(GOOD).replace("op: squeeze", "op: sqeeze")))
     assert e.value.issues and "sqeeze" in str(e.value)
+
+
+# -- invertibility by construction: the check and the generated inverse share one schedule ------
+VEC = """
+    flowgraph: 1
+    name: vec
+    inputs:
+      x: {shape: [4]}
+    nodes:
+      - {id: a, op: affine_coupling, in: x, params: {net: {kind: mlp, hidden: [8]}}}
+      - {id: p, op: permute, in: a, params: {kind: reverse}}
+      - {id: b, op: affine_coupling, in: p, params: {net: {kind: mlp, hidden: [8]}}}
+    outputs:
+      z: {from: b}
+"""
+
+
+def _not_invertible(body: str):
+    analysis, issues = check(body)
+    bad = [i for i in issues if i.rule == "condition-not-invertible"]
+    assert analysis is None and len(bad) == 1, issues
+    assert bad[0].location.line is not None
+    return bad[0]
+
+
+def test_coupling_conditioned_on_the_tensor_it_transforms_is_refused():
+    bad = _not_invertible(VEC.replace("in: p, params", "in: p, condition: [p], params"))
+    assert bad.node == "b" and "'p'" in bad.message and "own input" in bad.message
+
+
+def test_prior_conditioned_on_the_latent_it_scores_is_refused():
+    body = VEC.replace("z: {from: b}", "z: {from: b, condition: [b], "
+                                       "prior: {dist: conditional_normal}}")
+    bad = _not_invertible(body)
+    assert bad.node == "z" and "the very tensor this latent scores" in bad.message
+
+
+def test_coupling_conditioned_on_the_data_input_is_refused_with_the_reason():
+    bad = _not_invertible(VEC.replace("in: p, params", "in: p, condition: [x], params"))
+    assert bad.node == "b" and "data input" in bad.message and "'a'" in bad.message
+
+
+def test_augmentation_conditioned_on_the_data_input_works_in_every_direction():
+    from flowgraph.compile import compile_spec
+
+    body = VEC.replace("{id: p, op: permute, in: a, params: {kind: reverse}}",
+                       "{id: p, op: cross_unit_coupling, in: a, condition: [x], "
+                       "params: {growth: 2, g: {kind: mlp, hidden: [8]}}}")
+    spec, smap = parse_spec(textwrap.dedent(body).strip() + "\n", "g.yaml")
+    flow = compile_spec(spec, smap=smap, seed=0).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    z, _ = flow(x)
+    assert z.shape == (3, 6) and torch.allclose(flow.inverse(z), x, atol=1e-12)
+    assert flow.sample(2).shape == (2, 4) and "assert context" not in flow.code
+
+
+def test_reserved_names_are_refused_at_every_id_segment():
+    body = """
+        flowgraph: 1
+        name: res
+        inputs:
+          x: {shape: [4]}
+        templates:
+          t:
+            nodes:
+              - {id: state_dict, op: affine_coupling, in: x, params: {net: {kind: mlp}}}
+        nodes:
+          - {id: g, use: t, in: x}
+        outputs: {z: {from: g}}
+    """
+    issues = check(body)[1]
+    bad = [i for i in issues if i.rule == "id"]
+    assert bad and bad[0].node == "g.state_dict" and "'state_dict'" in bad[0].message
+
+
+def test_generated_variables_are_named_after_nodes_and_never_clash():
+    from flowgraph.compile import compile_spec
+
+    body = VEC.replace("id: a,", "id: ld,").replace("in: a,", "in: ld,").replace(
+        "id: p,", "id: z,").replace("in: p,", "in: z,").replace("z: {from: b}", "out: {from: b}")
+    spec, smap = parse_spec(textwrap.dedent(body).strip() + "\n", "g.yaml")
+    flow = compile_spec(spec, smap=smap, seed=0)
+    assert "ld_, _ld = self.ld(x, [], None)" in flow.code  # not the log-det total `ld`
+    assert "z_, _ld = self.z(ld_, [], None)" in flow.code  # not the latent `z`
+    x = torch.randn(3, 4)
+    assert torch.allclose(flow.inverse(flow(x)[0]), x, atol=1e-5)

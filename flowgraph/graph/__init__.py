@@ -70,6 +70,9 @@ def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
         issues += consumption + inverse_issues
         if consumption:  # the inverse pass is only well defined when each tensor has one user
             schedule = None
+        elif schedule is None and not issues:
+            issues.append(Issue("condition-not-invertible", "the inverse pass cannot be "
+                                "scheduled", location=smap.locate(("nodes",))))
     totals, shape_issues = infer_shapes(graph, limits)
     issues += shape_issues
     if len(issues) > 1:  # the global dimension tally only explains something on its own
