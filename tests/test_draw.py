@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
+import sys
+import tokenize
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -13,8 +16,9 @@ import pytest
 from conftest import SPEC_FILES
 
 from flowgraph.cli.main import main
-from flowgraph.draw import COND_COLOR, UNIT_FILL, DrawError, render, to_dot
+from flowgraph.draw import COND_COLOR, UNIT_FILL, DrawError, op_role, render, to_dot
 from flowgraph.graph import analyze
+from flowgraph.ops import DEFAULT_REGISTRY
 from flowgraph.spec import parse_spec
 from flowgraph.spec.io import read_spec
 
@@ -118,22 +122,28 @@ outputs:
 """
 
 
-def analysis_of(body: str, name: str = "d.yaml"):
+def analysis_of(body: str, name: str = "d.yaml", registry=None):
     spec, smap = parse_spec(textwrap.dedent(body).strip() + "\n", name)
-    return analyze(spec, smap)
+    return analyze(spec, smap, registry)
 
 
-# -- a small reader of the DOT that `to_dot` writes (one statement per line) ----------------
+# -- a small reader of the DOT that the graphviz package writes (one statement per line) -----
 
-_ATTR = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-_NODE = re.compile(r'^\s*"((?:[^"\\]|\\.)*)" \[(.*)\];$')
-_EDGE = re.compile(r'^\s*"((?:[^"\\]|\\.)*)" -> "((?:[^"\\]|\\.)*)"(?: \[(.*)\])?;$')
-_CLUSTER = re.compile(r'^\s*subgraph "(cluster_[^"]*)" \{$')
+_ID = r'"(?:[^"\\]|\\.)*"|[^\s\[\]"=]+'
+_ATTR = re.compile(rf'(\w+)=({_ID})')
+_NODE = re.compile(rf'^\s*({_ID}) \[(.*)\]$')
+_EDGE = re.compile(rf'^\s*({_ID}) -> ({_ID})(?: \[(.*)\])?$')
+_CLUSTER = re.compile(rf'^\s*subgraph ({_ID}) \{{$')
+
+
+def _unquote(text: str) -> str:
+    if not text.startswith('"'):
+        return text
+    return re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], text[1:-1])
 
 
 def _attrs(text: str | None) -> dict[str, str]:
-    return {k: v.replace("\\n", "\n").replace('\\"', '"')
-            for k, v in _ATTR.findall(text or "")}
+    return {k: _unquote(v) for k, v in _ATTR.findall(text or "")}
 
 
 @dataclass
@@ -161,20 +171,22 @@ def parse_dot(text: str) -> Dot:
     assert lines[0].startswith("digraph ") and lines[-1] == "}"
     for line in lines[1:-1]:
         if m := _CLUSTER.match(line):
-            stack.append(m.group(1))
-            d.clusters[m.group(1)] = {}
+            stack.append(_unquote(m.group(1)))
+            d.clusters[stack[-1]] = {}
         elif line.strip() == "}":
             stack.pop()
+        elif re.match(r"^\s*(graph|node|edge) \[", line):
+            continue
         elif m := _EDGE.match(line):
-            d.edges.append((m.group(1), m.group(2), _attrs(m.group(3))))
+            d.edges.append((_unquote(m.group(1)), _unquote(m.group(2)), _attrs(m.group(3))))
         elif m := _NODE.match(line):
-            assert m.group(1) not in d.nodes, f"node {m.group(1)} declared twice"
-            d.nodes[m.group(1)] = _attrs(m.group(2))
-            d.cluster_of[m.group(1)] = tuple(stack)
-        elif stack and (m := re.match(r'^\s*(\w+)="(.*)";$', line)):
-            d.clusters[stack[-1]][m.group(1)] = m.group(2).replace("\\n", "\n")
-        else:
-            assert re.match(r"^\s*(graph|node|edge) \[", line), line
+            name = _unquote(m.group(1))
+            assert name not in d.nodes, f"node {name} declared twice"
+            d.nodes[name] = _attrs(m.group(2))
+            d.cluster_of[name] = tuple(stack)
+        else:  # a cluster's own attributes
+            assert stack and _ATTR.match(line.strip()), line
+            d.clusters[stack[-1]].update(_attrs(line))
     assert not stack
     for src, dst, _ in d.edges:  # every edge joins declared nodes
         assert src in d.nodes and dst in d.nodes, (src, dst)
@@ -196,8 +208,9 @@ def dense_blocks(dense):
 def test_blocks_view_has_a_cluster_per_block_and_gray_unit_boxes(dense_blocks):
     d = dense_blocks
     assert set(d.clusters) == {"cluster_block1", "cluster_block2"}
-    assert d.clusters["cluster_block1"]["label"].startswith("block1\n4 units")
-    assert d.clusters["cluster_block2"]["label"].startswith("block2\n2 units")
+    # a cluster is labelled with its id and template, and counts its units
+    assert d.clusters["cluster_block1"]["label"].startswith("block1 · dense_block\n4 units")
+    assert d.clusters["cluster_block2"]["label"].startswith("block2 · dense_block\n2 units")
     units = {n for n, a in d.nodes.items() if a.get("fillcolor") == UNIT_FILL}
     assert units == {"block1.u0", "block1.u1", "block1.u2", "block1.u3",
                      "block2.u0", "block2.u1"}
@@ -207,7 +220,7 @@ def test_blocks_view_has_a_cluster_per_block_and_gray_unit_boxes(dense_blocks):
         block = u.split(".")[0]
         assert d.cluster_of[u] == (f"cluster_{block}",)
         assert a["label"] == f"{u.split('.')[1]}\n" + (
-            "2 modules" if block == "block1" else "1 module")
+            "2 × module" if block == "block1" else "1 × module")
     # modules are collapsed into their units: no op node of a unit is drawn
     assert not any(n.count(".") >= 2 for n in d.nodes if not n.endswith(".aug"))
 
@@ -241,7 +254,7 @@ def test_blocks_view_draws_transitions_as_dotted_squares_and_shapes_on_edges(den
     d = dense_blocks
     t1 = d.nodes["t1"]
     assert t1["shape"] == "square" and "dotted" in t1["style"]
-    assert "squeeze + drop" in t1["label"]
+    assert t1["label"] == "t1\nsqueeze + split"
     assert d.cluster_of["t1"] == ()
     squeeze = d.nodes["squeeze"]  # a lone space-to-channel op is a dotted square too
     assert squeeze["shape"] == "square" and "dotted" in squeeze["style"]
@@ -341,7 +354,7 @@ def test_dot_is_deterministic(view):
     a, b = analysis_of(DENSE), analysis_of(DENSE)
     assert to_dot(a, view) == to_dot(b, view)
     assert to_dot(a, view, rankdir="TB") == to_dot(b, view, rankdir="TB")
-    assert 'rankdir="TB"' in to_dot(a, view, rankdir="TB")
+    assert "rankdir=TB" in to_dot(a, view, rankdir="TB")
 
 
 def test_bad_view_rankdir_and_format_are_draw_errors(dense, tmp_path):
@@ -356,11 +369,25 @@ def test_bad_view_rankdir_and_format_are_draw_errors(dense, tmp_path):
 
 
 def test_missing_dot_says_how_to_install_graphviz(dense, tmp_path, monkeypatch):
-    monkeypatch.setattr("flowgraph.draw.shutil.which", lambda name: None)
+    source = to_dot(dense)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `dot` anywhere: graphviz.ExecutableNotFound
     with pytest.raises(DrawError, match="apt-get install graphviz"):
-        render(to_dot(dense), tmp_path / "out.svg")
-    out = render(to_dot(dense), tmp_path / "out.dot")  # the source needs no graphviz
-    assert out.read_text().startswith("digraph ")
+        render(source, tmp_path / "out.svg")
+    assert not (tmp_path / "out.svg").exists()
+    for suffix in ("dot", "gv"):  # the source needs no graphviz
+        assert render(source, tmp_path / f"out.{suffix}").read_text() == source
+
+
+def test_missing_graphviz_package_is_a_draw_error(dense, monkeypatch):
+    monkeypatch.setitem(sys.modules, "graphviz", None)  # `import graphviz` raises ImportError
+    with pytest.raises(DrawError, match=r"pip install 'flowgraph\[draw\]'"):
+        to_dot(dense)
+
+
+@needs_dot
+def test_dot_errors_are_draw_errors(tmp_path):
+    with pytest.raises(DrawError, match="graphviz `dot` failed"):
+        render("digraph { a -> }\n", tmp_path / "out.svg")
 
 
 # -- real renders ----------------------------------------------------------------------------
