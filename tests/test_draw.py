@@ -305,6 +305,161 @@ def test_blocks_view_of_glow_and_a_2d_toy_is_sensible():
     assert [a["label"] for s, d, a in t.data_edges() if d == "layer0"] == ["2"]
 
 
+# Not DenseFlow: a template use holding template uses, a group holding uses, a flat use.
+STAGES = """
+flowgraph: 1
+name: stages
+inputs:
+  x: {shape: [4]}
+templates:
+  pair:
+    nodes:
+      - {id: coupling, op: affine_coupling, in: x, params: {net: {kind: mlp, hidden: [8]}}}
+      - {id: flip, op: permute, in: coupling, params: {kind: reverse}}
+  stage:
+    nodes:
+      - {id: norm, op: actnorm, in: x}
+      - {id: left, use: pair, in: norm}
+      - {id: right, use: pair, in: left}
+nodes:
+  - {id: front, use: stage, in: x}
+  - id: back
+    in: front
+    body:
+      - {id: a, use: pair, in: "${input}"}
+      - {id: b, use: pair, in: a}
+  - {id: tail, use: pair, in: back}
+outputs:
+  z: {from: tail}
+"""
+
+
+def test_blocks_view_takes_clusters_from_any_specs_templates_and_groups():
+    d = parse_dot(to_dot(analysis_of(STAGES)))
+    assert set(d.clusters) == {"cluster_front", "cluster_back"}
+    assert d.clusters["cluster_front"]["label"].startswith("front · stage\n2 units")
+    assert d.clusters["cluster_back"]["label"].startswith("back\n2 units")  # a group
+    units = {n: a["label"] for n, a in d.nodes.items() if a.get("fillcolor") == UNIT_FILL}
+    assert units == {"front.left": "left\npair: 2 ops", "front.right": "right\npair: 2 ops",
+                     "back.a": "a\npair: 2 ops", "back.b": "b\npair: 2 ops",
+                     "tail": "tail\npair: 2 ops"}
+    assert d.cluster_of["front.left"] == ("cluster_front",)
+    assert d.cluster_of["tail"] == ()  # a use holding only ops is one box, not a cluster
+    assert d.nodes["front.norm"]["label"] == "norm\nactnorm"  # a block's own op
+    assert d.cluster_of["front.norm"] == ("cluster_front",)
+    assert [(s, t) for s, t, _ in d.data_edges()] == [
+        ("x", "front.norm"), ("front.norm", "front.left"), ("front.left", "front.right"),
+        ("front.right", "back.a"), ("back.a", "back.b"), ("back.b", "tail"), ("tail", "z")]
+    detailed = parse_dot(to_dot(analysis_of(STAGES), "detailed"))
+    assert detailed.clusters["cluster_front.left"]["label"] == "left · pair"
+    assert detailed.clusters["cluster_back"]["label"] == "back"
+    assert detailed.cluster_of["back.a.flip"] == ("cluster_back", "cluster_back.a")
+
+
+def test_blocks_view_stacks_a_long_repeat_into_one_box():
+    long_glow = GLOW.replace("repeat: 3", "repeat: 12")
+    d = parse_dot(to_dot(analysis_of(long_glow)))
+    stacks = {n: a for n, a in d.nodes.items() if a.get("peripheries") == "2"}
+    assert set(stacks) == {"level1.step0..step11", "level2.step0..step11"}
+    assert stacks["level1.step0..step11"]["label"] == "step0 … step11\n12 × step"
+    assert d.clusters["cluster_level1"]["label"].startswith("level1 · level\n12 units")
+    assert ("level1.squeeze", "level1.step0..step11") in {(s, t) for s, t, _ in d.edges}
+    assert len(parse_dot(to_dot(analysis_of(long_glow), "detailed")).nodes) == len(
+        analysis_of(long_glow).graph.nodes)  # the detailed view still shows every op
+
+
+# -- roles, not op names ---------------------------------------------------------------------
+
+class _Stub:
+    name = "anything"
+    dequantizes = is_prior = stochastic = False
+
+
+def test_op_role_reads_the_declared_role_or_derives_it_from_flags():
+    for role in ("transform", "dequantize", "augment", "reshape", "prior"):
+        assert op_role(type("Declared", (_Stub,), {"role": role})()) == role
+    assert op_role(type("Noisy", (_Stub,), {"stochastic": True})()) == "augment"
+    assert op_role(type("Deq", (_Stub,), {"stochastic": True, "dequantizes": True})()) \
+        == "dequantize"
+    assert op_role(_Stub()) == "transform"
+    for op in DEFAULT_REGISTRY:
+        assert op_role(op) in ("transform", "dequantize", "augment", "reshape", "prior")
+
+
+def _registry_with(name: str, role: str):
+    """A new op, not named like any built-in one, that declares `role`."""
+    base = type(DEFAULT_REGISTRY.get("actnorm"))
+    return DEFAULT_REGISTRY.with_ops([type(f"Stub_{name}", (base,),
+                                           {"name": name, "role": role})()])
+
+
+ROLES = """
+flowgraph: 1
+name: roles
+inputs:
+  x: {shape: [3, 4, 4]}
+templates:
+  unit:
+    nodes:
+      - {id: noise, op: jitter, in: x}
+      - {id: norm, op: actnorm, in: noise}
+  shuffle:
+    nodes:
+      - {id: a, op: reorder, in: x}
+      - {id: b, op: reorder, in: a}
+nodes:
+  - id: block
+    in: x
+    body:
+      - {id: u, repeat: 2, use: unit, in: "${input}"}
+  - {id: mix, use: shuffle, in: block}
+  - {id: lone, op: jitter, in: mix}
+outputs:
+  z: {from: lone}
+"""
+
+
+def test_roles_decide_how_ops_are_drawn():
+    registry = _registry_with("jitter", "augment").with_ops(
+        [type("Stub_reorder", (type(DEFAULT_REGISTRY.get("actnorm")),),
+              {"name": "reorder", "role": "reshape"})()])
+    d = parse_dot(to_dot(analysis_of(ROLES, registry=registry)))
+    dots = {n for n, a in d.nodes.items() if a.get("shape") == "circle"}
+    assert dots == {"block.u0.noise", "block.u1.noise", "lone"}  # pulled out of their units
+    assert all(d.nodes[n]["fillcolor"] == COND_COLOR and d.nodes[n]["label"] == ""
+               for n in dots)
+    assert d.cluster_of["block.u1.noise"] == ("cluster_block",)
+    assert d.nodes["block.u1"]["label"] == "u1\nunit: 1 op"
+    assert ("block.u0", "block.u1.noise") in {(s, t) for s, t, _ in d.edges}
+    mix = d.nodes["mix"]  # a use made only of reshape-role ops: a dotted square
+    assert mix["shape"] == "square" and "dotted" in mix["style"]
+    assert mix["label"] == "mix\nreorder"
+    detailed = parse_dot(to_dot(analysis_of(ROLES, registry=registry), "detailed"))
+    assert "dotted" in detailed.nodes["mix.a"]["style"]
+
+
+def _strings_and_comments(path: Path) -> list[tuple[int, str]]:
+    tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+    return [(t.start[0], t.string) for t in tokens
+            if t.type in (tokenize.STRING, tokenize.COMMENT)]
+
+
+def test_draw_code_names_no_op():
+    """Drawing knows ops by role only; the one exception is the marked role fallback."""
+    files = sorted((ROOT / "flowgraph" / "draw").glob("*.py")) + [
+        ROOT / "flowgraph" / "cli" / "draw_cmd.py"]
+    names = re.compile(r"\b(" + "|".join(map(re.escape, DEFAULT_REGISTRY.names())) + r")\b",
+                       re.IGNORECASE)
+    found = []
+    for path in files:
+        lines = path.read_text().splitlines()
+        for lineno, text in _strings_and_comments(path):
+            if "until ops declare role" in lines[lineno - 1]:
+                continue
+            found += [f"{path.relative_to(ROOT)}:{lineno}: {m}" for m in names.findall(text)]
+    assert not found, found
+
+
 # -- detailed view ---------------------------------------------------------------------------
 
 def test_detailed_view_shows_every_op_in_nested_clusters(dense):
