@@ -6,9 +6,9 @@ import io
 import re
 import shutil
 import sys
-import tokenize
 import textwrap
 import time
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -438,6 +438,22 @@ def test_roles_decide_how_ops_are_drawn():
     assert "dotted" in detailed.nodes["mix.a"]["style"]
 
 
+def test_scopes_fall_back_to_id_prefixes_when_a_trail_does_not_parse(dense, monkeypatch):
+    from flowgraph.draw.structure import scope_tree
+
+    by_trail = scope_tree(dense.graph)
+    block1 = by_trail.scopes()[0]
+    assert (block1.id, block1.template, [s.id for s in block1.scopes()]) == (
+        "block1", "dense_block", ["block1.u0", "block1.u1", "block1.u2", "block1.u3"])
+    for node in dense.graph.ops():
+        monkeypatch.setattr(node, "trail", tuple(f"<{t}>" for t in node.trail))
+    by_id = scope_tree(dense.graph)
+    block1 = by_id.scopes()[0]
+    assert (block1.id, block1.template) == ("block1", None)
+    assert [s.id for s in block1.scopes()] == ["block1.u0", "block1.u1", "block1.u2",
+                                               "block1.u3"]
+
+
 def _strings_and_comments(path: Path) -> list[tuple[int, str]]:
     tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
     return [(t.start[0], t.string) for t in tokens
@@ -604,6 +620,9 @@ def test_cli_draw_writes_the_file(dense_file, tmp_path, capsys):
                  "--set", "units=[3, 2]", "--rankdir", "TB"]) == 0
     check_file(png, "png")
     assert "wrote" in capsys.readouterr().out
+    source = tmp_path / "d.txt"  # --format dot: the DOT source, whatever the suffix
+    assert main(["draw", str(dense_file), "-o", str(source), "--format", "dot"]) == 0
+    assert parse_dot(source.read_text()).clusters
 
 
 def test_cli_draw_dot_prints_the_source(dense_file, capsys):
