@@ -1,4 +1,4 @@
-r"""The two views of a spec's flow graph, built as `graphviz.Digraph`\ s.
+r"""The two views of a spec's flow graph, each built as a `graphviz.Digraph`.
 
 ``blocks`` (default) reads like Fig. 3 of the DenseFlow paper for any spec. Its parts come
 from the spec's scopes (template uses, groups, repeat iterations; see
@@ -152,8 +152,7 @@ class _Blocks:
             if n.kind == "input":
                 self._terminal(n)
         for run in runs(scope_tree(self.g).children):
-            for item in self._place(run, top=True):
-                self.order.append(item)
+            self.order.extend(self._place(run, top=True))
         for n in nodes:
             if n.kind == "latent":
                 self._terminal(n)
@@ -199,7 +198,8 @@ class _Blocks:
         inside = {m.id for m in members}
         opening = [m for m in members if _role(m) == "augment"
                    and not any(u in inside for u, _ in self.g.data_inputs(m.id))]
-        rest = [m for m in members if m not in opening]
+        pulled = {m.id for m in opening}
+        rest = [m for m in members if m.id not in pulled]
         out = [self._op(m) for m in opening]
         if not rest:
             return out
@@ -211,7 +211,8 @@ class _Blocks:
             label = f"{scope.tail}\n{' + '.join(names)}"
             out.append(self._elem(_Elem(scope.id, "reshape", rest, label, tip)))
         else:
-            shown = [c for c in scope.children if c not in opening]
+            shown = [c for c in scope.children
+                     if isinstance(c, Scope) or c.id not in pulled]
             summary = self._summary(shown)
             if scope.template is not None:
                 summary = f"{scope.template}: {summary}"
