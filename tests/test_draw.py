@@ -378,6 +378,7 @@ class _Stub:
 def test_op_role_reads_the_declared_role_or_derives_it_from_flags():
     for role in ("transform", "dequantize", "augment", "reshape", "prior"):
         assert op_role(type("Declared", (_Stub,), {"role": role})()) == role
+    # until ops declare role: the fallback from flags (delete with it at merge)
     assert op_role(type("Noisy", (_Stub,), {"stochastic": True})()) == "augment"
     assert op_role(type("Deq", (_Stub,), {"stochastic": True, "dequantizes": True})()) \
         == "dequantize"
