@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
+import sys
 import textwrap
 import time
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,8 +16,9 @@ import pytest
 from conftest import SPEC_FILES
 
 from flowgraph.cli.main import main
-from flowgraph.draw import COND_COLOR, UNIT_FILL, DrawError, render, to_dot
+from flowgraph.draw import COND_COLOR, UNIT_FILL, DrawError, op_role, render, to_dot
 from flowgraph.graph import analyze
+from flowgraph.ops import DEFAULT_REGISTRY
 from flowgraph.spec import parse_spec
 from flowgraph.spec.io import read_spec
 
@@ -118,22 +122,28 @@ outputs:
 """
 
 
-def analysis_of(body: str, name: str = "d.yaml"):
+def analysis_of(body: str, name: str = "d.yaml", registry=None):
     spec, smap = parse_spec(textwrap.dedent(body).strip() + "\n", name)
-    return analyze(spec, smap)
+    return analyze(spec, smap, registry)
 
 
-# -- a small reader of the DOT that `to_dot` writes (one statement per line) ----------------
+# -- a small reader of the DOT that the graphviz package writes (one statement per line) -----
 
-_ATTR = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-_NODE = re.compile(r'^\s*"((?:[^"\\]|\\.)*)" \[(.*)\];$')
-_EDGE = re.compile(r'^\s*"((?:[^"\\]|\\.)*)" -> "((?:[^"\\]|\\.)*)"(?: \[(.*)\])?;$')
-_CLUSTER = re.compile(r'^\s*subgraph "(cluster_[^"]*)" \{$')
+_ID = r'"(?:[^"\\]|\\.)*"|[^\s\[\]"=]+'
+_ATTR = re.compile(rf'(\w+)=({_ID})')
+_NODE = re.compile(rf'^\s*({_ID}) \[(.*)\]$')
+_EDGE = re.compile(rf'^\s*({_ID}) -> ({_ID})(?: \[(.*)\])?$')
+_CLUSTER = re.compile(rf'^\s*subgraph ({_ID}) \{{$')
+
+
+def _unquote(text: str) -> str:
+    if not text.startswith('"'):
+        return text
+    return re.sub(r"\\(.)", lambda m: "\n" if m[1] == "n" else m[1], text[1:-1])
 
 
 def _attrs(text: str | None) -> dict[str, str]:
-    return {k: v.replace("\\n", "\n").replace('\\"', '"')
-            for k, v in _ATTR.findall(text or "")}
+    return {k: _unquote(v) for k, v in _ATTR.findall(text or "")}
 
 
 @dataclass
@@ -161,20 +171,22 @@ def parse_dot(text: str) -> Dot:
     assert lines[0].startswith("digraph ") and lines[-1] == "}"
     for line in lines[1:-1]:
         if m := _CLUSTER.match(line):
-            stack.append(m.group(1))
-            d.clusters[m.group(1)] = {}
+            stack.append(_unquote(m.group(1)))
+            d.clusters[stack[-1]] = {}
         elif line.strip() == "}":
             stack.pop()
+        elif re.match(r"^\s*(graph|node|edge) \[", line):
+            continue
         elif m := _EDGE.match(line):
-            d.edges.append((m.group(1), m.group(2), _attrs(m.group(3))))
+            d.edges.append((_unquote(m.group(1)), _unquote(m.group(2)), _attrs(m.group(3))))
         elif m := _NODE.match(line):
-            assert m.group(1) not in d.nodes, f"node {m.group(1)} declared twice"
-            d.nodes[m.group(1)] = _attrs(m.group(2))
-            d.cluster_of[m.group(1)] = tuple(stack)
-        elif stack and (m := re.match(r'^\s*(\w+)="(.*)";$', line)):
-            d.clusters[stack[-1]][m.group(1)] = m.group(2).replace("\\n", "\n")
-        else:
-            assert re.match(r"^\s*(graph|node|edge) \[", line), line
+            name = _unquote(m.group(1))
+            assert name not in d.nodes, f"node {name} declared twice"
+            d.nodes[name] = _attrs(m.group(2))
+            d.cluster_of[name] = tuple(stack)
+        else:  # a cluster's own attributes
+            assert stack and _ATTR.match(line.strip()), line
+            d.clusters[stack[-1]].update(_attrs(line))
     assert not stack
     for src, dst, _ in d.edges:  # every edge joins declared nodes
         assert src in d.nodes and dst in d.nodes, (src, dst)
@@ -196,8 +208,9 @@ def dense_blocks(dense):
 def test_blocks_view_has_a_cluster_per_block_and_gray_unit_boxes(dense_blocks):
     d = dense_blocks
     assert set(d.clusters) == {"cluster_block1", "cluster_block2"}
-    assert d.clusters["cluster_block1"]["label"].startswith("block1\n4 units")
-    assert d.clusters["cluster_block2"]["label"].startswith("block2\n2 units")
+    # a cluster is labelled with its id and template, and counts its units
+    assert d.clusters["cluster_block1"]["label"].startswith("block1 · dense_block\n4 units")
+    assert d.clusters["cluster_block2"]["label"].startswith("block2 · dense_block\n2 units")
     units = {n for n, a in d.nodes.items() if a.get("fillcolor") == UNIT_FILL}
     assert units == {"block1.u0", "block1.u1", "block1.u2", "block1.u3",
                      "block2.u0", "block2.u1"}
@@ -207,7 +220,7 @@ def test_blocks_view_has_a_cluster_per_block_and_gray_unit_boxes(dense_blocks):
         block = u.split(".")[0]
         assert d.cluster_of[u] == (f"cluster_{block}",)
         assert a["label"] == f"{u.split('.')[1]}\n" + (
-            "2 modules" if block == "block1" else "1 module")
+            "2 × module" if block == "block1" else "1 × module")
     # modules are collapsed into their units: no op node of a unit is drawn
     assert not any(n.count(".") >= 2 for n in d.nodes if not n.endswith(".aug"))
 
@@ -241,7 +254,7 @@ def test_blocks_view_draws_transitions_as_dotted_squares_and_shapes_on_edges(den
     d = dense_blocks
     t1 = d.nodes["t1"]
     assert t1["shape"] == "square" and "dotted" in t1["style"]
-    assert "squeeze + drop" in t1["label"]
+    assert t1["label"] == "t1\nsqueeze + split"
     assert d.cluster_of["t1"] == ()
     squeeze = d.nodes["squeeze"]  # a lone space-to-channel op is a dotted square too
     assert squeeze["shape"] == "square" and "dotted" in squeeze["style"]
@@ -290,6 +303,178 @@ def test_blocks_view_of_glow_and_a_2d_toy_is_sensible():
     assert {(s, d) for s, d, _ in conds} == {("c", f"layer{k}") for k in range(3)}
     assert all(a["color"] == COND_COLOR for _, _, a in conds)
     assert [a["label"] for s, d, a in t.data_edges() if d == "layer0"] == ["2"]
+
+
+# Not DenseFlow: a template use holding template uses, a group holding uses, a flat use.
+STAGES = """
+flowgraph: 1
+name: stages
+inputs:
+  x: {shape: [4]}
+templates:
+  pair:
+    nodes:
+      - {id: coupling, op: affine_coupling, in: x, params: {net: {kind: mlp, hidden: [8]}}}
+      - {id: flip, op: permute, in: coupling, params: {kind: reverse}}
+  stage:
+    nodes:
+      - {id: norm, op: actnorm, in: x}
+      - {id: left, use: pair, in: norm}
+      - {id: right, use: pair, in: left}
+nodes:
+  - {id: front, use: stage, in: x}
+  - id: back
+    in: front
+    body:
+      - {id: a, use: pair, in: "${input}"}
+      - {id: b, use: pair, in: a}
+  - {id: tail, use: pair, in: back}
+outputs:
+  z: {from: tail}
+"""
+
+
+def test_blocks_view_takes_clusters_from_any_specs_templates_and_groups():
+    d = parse_dot(to_dot(analysis_of(STAGES)))
+    assert set(d.clusters) == {"cluster_front", "cluster_back"}
+    assert d.clusters["cluster_front"]["label"].startswith("front · stage\n2 units")
+    assert d.clusters["cluster_back"]["label"].startswith("back\n2 units")  # a group
+    units = {n: a["label"] for n, a in d.nodes.items() if a.get("fillcolor") == UNIT_FILL}
+    assert units == {"front.left": "left\npair: 2 ops", "front.right": "right\npair: 2 ops",
+                     "back.a": "a\npair: 2 ops", "back.b": "b\npair: 2 ops",
+                     "tail": "tail\npair: 2 ops"}
+    assert d.cluster_of["front.left"] == ("cluster_front",)
+    assert d.cluster_of["tail"] == ()  # a use holding only ops is one box, not a cluster
+    assert d.nodes["front.norm"]["label"] == "norm\nactnorm"  # a block's own op
+    assert d.cluster_of["front.norm"] == ("cluster_front",)
+    assert [(s, t) for s, t, _ in d.data_edges()] == [
+        ("x", "front.norm"), ("front.norm", "front.left"), ("front.left", "front.right"),
+        ("front.right", "back.a"), ("back.a", "back.b"), ("back.b", "tail"), ("tail", "z")]
+    detailed = parse_dot(to_dot(analysis_of(STAGES), "detailed"))
+    assert detailed.clusters["cluster_front.left"]["label"] == "left · pair"
+    assert detailed.clusters["cluster_back"]["label"] == "back"
+    assert detailed.cluster_of["back.a.flip"] == ("cluster_back", "cluster_back.a")
+
+
+def test_blocks_view_stacks_a_long_repeat_into_one_box():
+    long_glow = GLOW.replace("repeat: 3", "repeat: 12")
+    d = parse_dot(to_dot(analysis_of(long_glow)))
+    stacks = {n: a for n, a in d.nodes.items() if a.get("peripheries") == "2"}
+    assert set(stacks) == {"level1.step0..step11", "level2.step0..step11"}
+    assert stacks["level1.step0..step11"]["label"] == "step0 … step11\n12 × step"
+    assert d.clusters["cluster_level1"]["label"].startswith("level1 · level\n12 units")
+    assert ("level1.squeeze", "level1.step0..step11") in {(s, t) for s, t, _ in d.edges}
+    assert len(parse_dot(to_dot(analysis_of(long_glow), "detailed")).nodes) == len(
+        analysis_of(long_glow).graph.nodes)  # the detailed view still shows every op
+
+
+# -- roles, not op names ---------------------------------------------------------------------
+
+class _Stub:
+    name = "anything"
+    dequantizes = is_prior = stochastic = False
+
+
+def test_op_role_reads_the_declared_role_or_derives_it_from_flags():
+    for role in ("transform", "dequantize", "augment", "reshape", "prior"):
+        assert op_role(type("Declared", (_Stub,), {"role": role})()) == role
+    # until ops declare role: the fallback from flags (delete with it at merge)
+    assert op_role(type("Noisy", (_Stub,), {"stochastic": True})()) == "augment"
+    assert op_role(type("Deq", (_Stub,), {"stochastic": True, "dequantizes": True})()) \
+        == "dequantize"
+    assert op_role(_Stub()) == "transform"
+    for op in DEFAULT_REGISTRY:
+        assert op_role(op) in ("transform", "dequantize", "augment", "reshape", "prior")
+
+
+def _registry_with(name: str, role: str):
+    """A new op, not named like any built-in one, that declares `role`."""
+    base = type(DEFAULT_REGISTRY.get("actnorm"))
+    return DEFAULT_REGISTRY.with_ops([type(f"Stub_{name}", (base,),
+                                           {"name": name, "role": role})()])
+
+
+ROLES = """
+flowgraph: 1
+name: roles
+inputs:
+  x: {shape: [3, 4, 4]}
+templates:
+  unit:
+    nodes:
+      - {id: noise, op: jitter, in: x}
+      - {id: norm, op: actnorm, in: noise}
+  shuffle:
+    nodes:
+      - {id: a, op: reorder, in: x}
+      - {id: b, op: reorder, in: a}
+nodes:
+  - id: block
+    in: x
+    body:
+      - {id: u, repeat: 2, use: unit, in: "${input}"}
+  - {id: mix, use: shuffle, in: block}
+  - {id: lone, op: jitter, in: mix}
+outputs:
+  z: {from: lone}
+"""
+
+
+def test_roles_decide_how_ops_are_drawn():
+    registry = _registry_with("jitter", "augment").with_ops(
+        [type("Stub_reorder", (type(DEFAULT_REGISTRY.get("actnorm")),),
+              {"name": "reorder", "role": "reshape"})()])
+    d = parse_dot(to_dot(analysis_of(ROLES, registry=registry)))
+    dots = {n for n, a in d.nodes.items() if a.get("shape") == "circle"}
+    assert dots == {"block.u0.noise", "block.u1.noise", "lone"}  # pulled out of their units
+    assert all(d.nodes[n]["fillcolor"] == COND_COLOR and d.nodes[n]["label"] == ""
+               for n in dots)
+    assert d.cluster_of["block.u1.noise"] == ("cluster_block",)
+    assert d.nodes["block.u1"]["label"] == "u1\nunit: 1 op"
+    assert ("block.u0", "block.u1.noise") in {(s, t) for s, t, _ in d.edges}
+    mix = d.nodes["mix"]  # a use made only of reshape-role ops: a dotted square
+    assert mix["shape"] == "square" and "dotted" in mix["style"]
+    assert mix["label"] == "mix\nreorder"
+    detailed = parse_dot(to_dot(analysis_of(ROLES, registry=registry), "detailed"))
+    assert "dotted" in detailed.nodes["mix.a"]["style"]
+
+
+def test_scopes_fall_back_to_id_prefixes_when_a_trail_does_not_parse(dense, monkeypatch):
+    from flowgraph.draw.structure import scope_tree
+
+    by_trail = scope_tree(dense.graph)
+    block1 = by_trail.scopes()[0]
+    assert (block1.id, block1.template, [s.id for s in block1.scopes()]) == (
+        "block1", "dense_block", ["block1.u0", "block1.u1", "block1.u2", "block1.u3"])
+    for node in dense.graph.ops():
+        monkeypatch.setattr(node, "trail", tuple(f"<{t}>" for t in node.trail))
+    by_id = scope_tree(dense.graph)
+    block1 = by_id.scopes()[0]
+    assert (block1.id, block1.template) == ("block1", None)
+    assert [s.id for s in block1.scopes()] == ["block1.u0", "block1.u1", "block1.u2",
+                                               "block1.u3"]
+
+
+def _strings_and_comments(path: Path) -> list[tuple[int, str]]:
+    tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+    return [(t.start[0], t.string) for t in tokens
+            if t.type in (tokenize.STRING, tokenize.COMMENT)]
+
+
+def test_draw_code_names_no_op():
+    """Drawing knows ops by role only; the one exception is the marked role fallback."""
+    files = sorted((ROOT / "flowgraph" / "draw").glob("*.py")) + [
+        ROOT / "flowgraph" / "cli" / "draw_cmd.py"]
+    names = re.compile(r"\b(" + "|".join(map(re.escape, DEFAULT_REGISTRY.names())) + r")\b",
+                       re.IGNORECASE)
+    found = []
+    for path in files:
+        lines = path.read_text().splitlines()
+        for lineno, text in _strings_and_comments(path):
+            if "until ops declare role" in lines[lineno - 1]:
+                continue
+            found += [f"{path.relative_to(ROOT)}:{lineno}: {m}" for m in names.findall(text)]
+    assert not found, found
 
 
 # -- detailed view ---------------------------------------------------------------------------
@@ -341,7 +526,7 @@ def test_dot_is_deterministic(view):
     a, b = analysis_of(DENSE), analysis_of(DENSE)
     assert to_dot(a, view) == to_dot(b, view)
     assert to_dot(a, view, rankdir="TB") == to_dot(b, view, rankdir="TB")
-    assert 'rankdir="TB"' in to_dot(a, view, rankdir="TB")
+    assert "rankdir=TB" in to_dot(a, view, rankdir="TB")
 
 
 def test_bad_view_rankdir_and_format_are_draw_errors(dense, tmp_path):
@@ -356,11 +541,25 @@ def test_bad_view_rankdir_and_format_are_draw_errors(dense, tmp_path):
 
 
 def test_missing_dot_says_how_to_install_graphviz(dense, tmp_path, monkeypatch):
-    monkeypatch.setattr("flowgraph.draw.shutil.which", lambda name: None)
+    source = to_dot(dense)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no `dot` anywhere: graphviz.ExecutableNotFound
     with pytest.raises(DrawError, match="apt-get install graphviz"):
-        render(to_dot(dense), tmp_path / "out.svg")
-    out = render(to_dot(dense), tmp_path / "out.dot")  # the source needs no graphviz
-    assert out.read_text().startswith("digraph ")
+        render(source, tmp_path / "out.svg")
+    assert not (tmp_path / "out.svg").exists()
+    for suffix in ("dot", "gv"):  # the source needs no graphviz
+        assert render(source, tmp_path / f"out.{suffix}").read_text() == source
+
+
+def test_missing_graphviz_package_is_a_draw_error(dense, monkeypatch):
+    monkeypatch.setitem(sys.modules, "graphviz", None)  # `import graphviz` raises ImportError
+    with pytest.raises(DrawError, match=r"pip install 'flowgraph\[draw\]'"):
+        to_dot(dense)
+
+
+@needs_dot
+def test_dot_errors_are_draw_errors(tmp_path):
+    with pytest.raises(DrawError, match="graphviz `dot` failed"):
+        render("digraph { a -> }\n", tmp_path / "out.svg")
 
 
 # -- real renders ----------------------------------------------------------------------------
@@ -422,6 +621,9 @@ def test_cli_draw_writes_the_file(dense_file, tmp_path, capsys):
                  "--set", "units=[3, 2]", "--rankdir", "TB"]) == 0
     check_file(png, "png")
     assert "wrote" in capsys.readouterr().out
+    source = tmp_path / "d.txt"  # --format dot: the DOT source, whatever the suffix
+    assert main(["draw", str(dense_file), "-o", str(source), "--format", "dot"]) == 0
+    assert parse_dot(source.read_text()).clusters
 
 
 def test_cli_draw_dot_prints_the_source(dense_file, capsys):

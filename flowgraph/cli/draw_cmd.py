@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from flowgraph.cli.common import add_spec_args, parse_overrides
-from flowgraph.draw import FORMATS, DrawError, render, to_dot
+from flowgraph.draw import FORMATS, SOURCE_FORMATS, VIEWS, DrawError, render, to_dot
 from flowgraph.graph import analyze
 from flowgraph.spec.io import read_spec
 
@@ -17,16 +17,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "draw", help="draw the spec's graph with graphviz (svg, png, pdf)",
         description="Draw a spec's flow graph from the spec alone (no model is built). The "
-                    "blocks view reads like DenseFlow's Fig. 3 (a cluster per block, gray unit "
-                    "boxes, blue cross-unit coupling dots with dashed skip connections, dotted "
-                    "squeeze squares); the detailed view shows every op node. Needs graphviz's "
-                    "`dot` program (apt-get install graphviz).")
+                    "blocks view reads like DenseFlow's Fig. 3 for any spec: a cluster per "
+                    "top-level template use or group that holds others, gray unit boxes, "
+                    "blue dots for augmentations with dashed skip connections, dotted squares "
+                    "for reshape-only parts, latents with their prior; the detailed view "
+                    "shows every op node. Needs graphviz's `dot` program (apt-get install "
+                    "graphviz) except for the dot/gv formats.")
     add_spec_args(p)
+    formats = FORMATS + SOURCE_FORMATS
     p.add_argument("-o", "--output", metavar="FILE",
-                   help=f"output file; the format comes from its suffix ({', '.join(FORMATS)})")
-    p.add_argument("--format", dest="fmt", choices=FORMATS, default=None,
+                   help=f"output file; the format comes from its suffix ({', '.join(formats)})")
+    p.add_argument("--format", dest="fmt", choices=formats, default=None,
                    help="output format (default: from the suffix of FILE)")
-    p.add_argument("--view", choices=("blocks", "detailed"), default="blocks",
+    p.add_argument("--view", choices=VIEWS, default="blocks",
                    help="blocks: blocks, units and transitions (default); detailed: every op")
     p.add_argument("--rankdir", choices=("LR", "TB"), default="LR",
                    help="layout direction: LR left to right (default) or TB top to bottom")
@@ -38,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.output and not args.dot:
         raise DrawError("draw needs -o FILE (or --dot to print the DOT source)", usage=True)
     spec, smap = read_spec(args.spec, parse_overrides(args.overrides))
-    analysis = analyze(spec, smap)
-    source = to_dot(analysis, args.view, rankdir=args.rankdir)
+    source = to_dot(analyze(spec, smap), args.view, rankdir=args.rankdir)
     if args.dot:
         sys.stdout.write(source)
     if args.output:
