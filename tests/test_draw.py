@@ -16,9 +16,9 @@ import pytest
 from conftest import SPEC_FILES
 
 from flowgraph.cli.main import main
+from flowgraph.core.registry import ops
 from flowgraph.draw import COND_COLOR, UNIT_FILL, DrawError, op_role, render, to_dot
 from flowgraph.graph import analyze
-from flowgraph.ops import DEFAULT_REGISTRY
 from flowgraph.spec import parse_spec
 from flowgraph.spec.io import read_spec
 
@@ -375,23 +375,17 @@ class _Stub:
     dequantizes = is_prior = stochastic = False
 
 
-def test_op_role_reads_the_declared_role_or_derives_it_from_flags():
+def test_op_role_reads_the_declared_role():
     for role in ("transform", "dequantize", "augment", "reshape", "prior"):
         assert op_role(type("Declared", (_Stub,), {"role": role})()) == role
-    # until ops declare role: the fallback from flags (delete with it at merge)
-    assert op_role(type("Noisy", (_Stub,), {"stochastic": True})()) == "augment"
-    assert op_role(type("Deq", (_Stub,), {"stochastic": True, "dequantizes": True})()) \
-        == "dequantize"
-    assert op_role(_Stub()) == "transform"
-    for op in DEFAULT_REGISTRY:
+    for op in ops():
         assert op_role(op) in ("transform", "dequantize", "augment", "reshape", "prior")
 
 
 def _registry_with(name: str, role: str):
     """A new op, not named like any built-in one, that declares `role`."""
-    base = type(DEFAULT_REGISTRY.get("actnorm"))
-    return DEFAULT_REGISTRY.with_ops([type(f"Stub_{name}", (base,),
-                                           {"name": name, "role": role})()])
+    base = type(ops().get("actnorm"))
+    return ops().with_items([type(f"Stub_{name}", (base,), {"name": name, "role": role})()])
 
 
 ROLES = """
@@ -421,8 +415,8 @@ outputs:
 
 
 def test_roles_decide_how_ops_are_drawn():
-    registry = _registry_with("jitter", "augment").with_ops(
-        [type("Stub_reorder", (type(DEFAULT_REGISTRY.get("actnorm")),),
+    registry = _registry_with("jitter", "augment").with_items(
+        [type("Stub_reorder", (type(ops().get("actnorm")),),
               {"name": "reorder", "role": "reshape"})()])
     d = parse_dot(to_dot(analysis_of(ROLES, registry=registry)))
     dots = {n for n, a in d.nodes.items() if a.get("shape") == "circle"}
@@ -462,17 +456,14 @@ def _strings_and_comments(path: Path) -> list[tuple[int, str]]:
 
 
 def test_draw_code_names_no_op():
-    """Drawing knows ops by role only; the one exception is the marked role fallback."""
+    """Drawing knows ops by role only."""
     files = sorted((ROOT / "flowgraph" / "draw").glob("*.py")) + [
         ROOT / "flowgraph" / "cli" / "draw_cmd.py"]
-    names = re.compile(r"\b(" + "|".join(map(re.escape, DEFAULT_REGISTRY.names())) + r")\b",
+    names = re.compile(r"\b(" + "|".join(map(re.escape, ops().names())) + r")\b",
                        re.IGNORECASE)
     found = []
     for path in files:
-        lines = path.read_text().splitlines()
         for lineno, text in _strings_and_comments(path):
-            if "until ops declare role" in lines[lineno - 1]:
-                continue
             found += [f"{path.relative_to(ROOT)}:{lineno}: {m}" for m in names.findall(text)]
     assert not found, found
 

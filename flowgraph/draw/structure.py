@@ -21,34 +21,21 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from flowgraph.core.op import Role
 from flowgraph.graph import FlowGraph, GraphNode
 
 __all__ = ["Role", "Scope", "op_role", "run_name", "runs", "scope_tree"]
 
-Role = Literal["transform", "dequantize", "augment", "reshape", "prior"]
 
-_RESHAPE_NAMES = frozenset({"squeeze", "unsqueeze", "split", "concat"})  # until ops declare role
 _TRAIL = re.compile(r"^(?P<entry>.+) '(?P<id>[A-Za-z_][A-Za-z0-9_.]*)'"
                     r"(?: \(use (?P<template>.+)\))?$")
 
 
 def op_role(op: Any) -> Role:
     """The role an op declares: what drawing (and reports) may know about a node."""
-    role = getattr(op, "role", None)
-    if role is not None:
-        return role
-    # until ops declare role: derived from the flags of the current op contract
-    if getattr(op, "dequantizes", False):
-        return "dequantize"
-    if getattr(op, "is_prior", False):
-        return "prior"
-    if getattr(op, "stochastic", False):
-        return "augment"
-    if op.name in _RESHAPE_NAMES:  # until ops declare role
-        return "reshape"
-    return "transform"
+    return op.role
 
 
 @dataclass(eq=False)
