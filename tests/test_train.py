@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
+import os
 import struct
 import sys
 import types
@@ -250,24 +252,37 @@ def test_actnorm_is_not_reinitialised_after_a_resume(spec_file, tmp_path, monkey
     assert trainer.fit().step == 8
 
 
-def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(spec_file, tmp_path,
-                                                                    monkeypatch):
+def test_a_disk_full_while_saving_keeps_the_previous_checkpoint_and_names_path_and_error(
+        spec_file, tmp_path, monkeypatch):
     real_save = torch.save
     calls = {"n": 0}
 
+    class FillsUp:
+        """The checkpoint file, refusing writes once 4 KB are in: the disk is full."""
+
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, data):
+            self.n += len(data)
+            if self.n > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
     def flaky_save(obj, f, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # the second checkpoint: write half of it, then "crash"
-            buffer = io.BytesIO()
-            real_save(obj, buffer, *args, **kwargs)
-            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-            raise OSError("disk full")
-        return real_save(obj, f, *args, **kwargs)
+        return real_save(obj, FillsUp(f) if calls["n"] == 2 else f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", flaky_save)
     out = tmp_path / "run"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError) as info:
         run(spec_file, out, config(epochs=3, checkpoint_every=2))
+    message = str(info.value)
+    assert str(out / "checkpoint.pt") in message and "No space left on device" in message
+    assert "ENOSPC" in message and "previous checkpoint.pt is unchanged" in message
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["step"] == 2  # the first checkpoint, intact
     assert sorted(p.name for p in out.iterdir() if p.suffix in (".pt", ".tmp")) == [
@@ -368,8 +383,8 @@ def test_metrics_go_to_tensorboard_when_it_imports(spec_file, tmp_path, monkeypa
     scalars: list[tuple[str, float, int]] = []
 
     class FakeWriter:
-        def __init__(self, logdir: str):
-            self.logdir = logdir
+        def __init__(self, logdir: str, purge_step: int | None = None):
+            self.logdir, self.purge_step = logdir, purge_step
 
         def add_scalar(self, tag: str, value: float, step: int) -> None:
             scalars.append((tag, value, step))
