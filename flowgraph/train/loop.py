@@ -255,6 +255,9 @@ class Trainer:
                 if cfg.max_steps is not None and self.step >= cfg.max_steps:
                     stop = True
                     break
+                if self.signals.signum is not None and not self.dist.enabled:
+                    stop = signalled = True  # (with DDP the next step's all-reduce agrees)
+                    break
                 lr = lr_at(cfg, self.step, self.epoch, b)
                 wall = self.wall0 + time.perf_counter() - start
                 out = self.train_step(x, lr, cfg.max_time is not None and wall >= cfg.max_time)
