@@ -230,13 +230,15 @@ def test_repeated_sigkills_at_seeded_moments_change_nothing(child, tmp_path):
     launch, ref = child
     t0 = time.perf_counter()
     rng = random.Random(14)
-    kinds = ["save_mid", "save_replace", "epoch_end", "row", "step", "save_mid"]
+    kinds = ["save_mid", "save_replace", "epoch_end", "row", "step", "save_mid", "save_replace",
+             "row"]
     rng.shuffle(kinds)
     out, kills = tmp_path / "crashed", []
     for kind in kinds:
         pause = (kind, rng.randint(1, 2))
         code, seen = launch(out, [pause], [signal.SIGKILL])
-        assert code == -signal.SIGKILL and seen == [f"{pause[0]} {pause[1]}"], (pause, code)
+        assert seen == [f"{pause[0]} {pause[1]}"], f"{pause} never came (exit {code})"
+        assert code == -signal.SIGKILL
         step = load_checkpoint(out / "checkpoint.pt")["step"] if (
             out / "checkpoint.pt").exists() else None  # never unreadable
         kills.append((*pause, step))

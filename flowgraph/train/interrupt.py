@@ -15,7 +15,7 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Self
 
 from flowgraph.errors import FlowgraphError
 
@@ -47,7 +47,7 @@ class StopSignals:
         for s in SIGNALS:  # a second signal takes the default action: immediate death
             signal.signal(s, signal.SIG_DFL)
 
-    def __enter__(self) -> StopSignals:
+    def __enter__(self) -> Self:
         if threading.current_thread() is threading.main_thread():
             self._old = {s: signal.signal(s, self._handle) for s in SIGNALS}
         return self
