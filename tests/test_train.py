@@ -297,8 +297,9 @@ def test_stale_temporary_checkpoint_files_are_removed_at_start_up(spec_file, tmp
         stream.getvalue())
 
 
-def test_sigterm_saves_a_checkpoint_after_the_current_step_and_the_run_resumes_exactly(
-        spec_file, tmp_path):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_after_the_current_step_and_the_run_resumes_exactly(
+        spec_file, tmp_path, signum, code):
     cfg = config(epochs=2, log_every=3, checkpoint_every=0)
     run(spec_file, tmp_path / "a", cfg)
     flow = compile_for_training(str(spec_file), None, cfg.seed)
@@ -307,15 +308,16 @@ def test_sigterm_saves_a_checkpoint_after_the_current_step_and_the_run_resumes_e
     def signal_in_step_6(module, args):
         calls["n"] += module.training  # not the evaluation's forwards
         if calls["n"] == 1 + 6:  # the ActNorm init runs one forward first
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signum)
 
     flow.get_submodule("cp").register_forward_pre_hook(signal_in_step_6)
-    before = signal.getsignal(signal.SIGTERM)
+    before = signal.getsignal(signum)
     out = tmp_path / "b"
-    with pytest.raises(TrainingInterrupted, match="SIGTERM after step 6") as info:
+    name = signal.Signals(signum).name
+    with pytest.raises(TrainingInterrupted, match=f"{name} after step 6") as info:
         run(spec_file, out, cfg, flow=flow)
-    assert info.value.exit_code == 143 and info.value.checkpoint == out / "checkpoint.pt"
-    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    assert info.value.exit_code == code and info.value.checkpoint == out / "checkpoint.pt"
+    assert signal.getsignal(signum) is before  # handlers restored
     state = _state(out / "checkpoint.pt")
     assert (state["step"], state["epoch"], state["batch"]) == (6, 1, 2)
     assert not (out / "final.pt").exists()

@@ -11,8 +11,9 @@ Crash safety: checkpoints are written atomically and record the metrics files' s
 running sums of the current logging interval, so a run resumed after SIGKILL continues the
 log exactly as an uninterrupted run writes it (`flowgraph.train.progress`); temporary files of
 killed checkpoint writes are removed at start-up. SIGTERM/SIGINT save a checkpoint at the next
-step boundary and raise `TrainingInterrupted` (exit code 128 + signal number, see
-`flowgraph.train.interrupt`); a second signal kills at once.
+step boundary (with DDP: after the step that all processes learn of it in) and raise
+`TrainingInterrupted` (exit code 128 + signal number, see `flowgraph.train.interrupt`); a
+second signal kills at once.
 
 Example:
     >>> import io, tempfile
@@ -36,7 +37,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import torch
 from torch import Tensor, nn
@@ -291,7 +292,7 @@ class Trainer:
                     self.log.message(f"max_time {cfg.max_time} s reached at step {self.step}")
                     break
             if signalled:
-                return self._interrupted(self.wall0 + time.perf_counter() - start)
+                self._interrupted(self.wall0 + time.perf_counter() - start)
             if self.batch >= per_epoch:  # the epoch is complete
                 self._end_epoch(self.wall0 + time.perf_counter() - start)
                 images, t_int = 0, time.perf_counter()  # keep evaluation out of images/s
@@ -311,7 +312,7 @@ class Trainer:
             self.train_bpd = self.epoch_sum[0] / self.epoch_sum[1]
         return TrainResult(self.step, self.epoch, self.skipped, self.train_bpd, test, path)
 
-    def _interrupted(self, wall: float) -> TrainResult:
+    def _interrupted(self, wall: float) -> NoReturn:
         signum = self.signals.signum or signal.SIGTERM  # another process got it
         self.log.message(f"{signal.Signals(signum).name}: saving a checkpoint at step "
                          f"{self.step} and stopping (a second signal aborts at once)")

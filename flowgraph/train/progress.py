@@ -17,7 +17,8 @@ per evaluation) to ``metrics.jsonl`` and ``metrics.csv`` with the columns `COLUM
 A resumed run's files equal an uninterrupted run's except in the wall-clock columns
 ``images_per_s`` and ``wall_time``.
 
-Rows are also sent to TensorBoard when ``torch.utils.tensorboard`` imports (else skipped).
+Rows are also sent to TensorBoard when ``torch.utils.tensorboard`` imports (else skipped);
+after a resume, events past the checkpoint's step are purged (``purge_step``).
 """
 
 from __future__ import annotations
