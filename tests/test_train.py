@@ -282,6 +282,33 @@ def test_kills_between_an_epoch_row_and_its_checkpoint_leave_the_log_as_if_unint
     assert all(r["lr"] != cfg.lr for r in jsonl)
 
 
+def test_a_checkpoint_without_log_sizes_resumes_by_step_and_a_short_log_is_reported(
+        spec_file, tmp_path):
+    cfg = config(epochs=2, log_every=1)
+    out = tmp_path / "r"
+    run(spec_file, out, config(epochs=2, log_every=1, max_steps=3))
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 3 and state["metrics"]["step"] == 3
+    older = {k: v for k, v in state.items() if k not in ("metrics", "interval", "format")}
+    save_checkpoint(out / "old.pt", older)  # as written before the log sizes were recorded
+    with open(out / "metrics.jsonl", "a") as f:  # a killed run's row after the checkpoint
+        f.write(json.dumps({"step": 4}) + "\n")
+    with open(out / "metrics.csv", "a") as f:
+        f.write("4,0\n")
+    run(spec_file, out, cfg, resume=out / "old.pt")
+    jsonl, table = _log(out)
+    assert [r["step"] for r in jsonl] == [1, 2, 3, 4, 4, 5, 6, 7, 8, 8]  # 4, 8: epoch ends
+    assert [int(r["step"]) for r in table] == [r["step"] for r in jsonl]
+    assert jsonl[3]["test_bpd"] is None and jsonl[4]["test_bpd"] is not None
+    (out / "metrics.csv").write_text("")  # lost: rows up to the step are kept, with a note
+    stream = io.StringIO()
+    train(spec_file, config(epochs=3), out, resume=out / "checkpoint.pt",
+          train_data=images(32), stream=stream)
+    assert "shorter than when the checkpoint was written" in stream.getvalue()
+    with open(out / "metrics.csv", newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [9, 10, 11, 12, 12]  # a header
+
+
 def test_stale_temporary_checkpoint_files_are_removed_at_start_up(spec_file, tmp_path):
     out = tmp_path / "r"
     out.mkdir()

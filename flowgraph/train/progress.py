@@ -107,7 +107,7 @@ class MetricsLog:
                 path.unlink(missing_ok=True)
         elif not self._truncate_to(resume):
             self._truncate_after(resume["step"])
-        if not self.csv.exists():
+        if not self.csv.exists() or self.csv.stat().st_size == 0:
             with open(self.csv, "w", newline="") as f:
                 csv.writer(f).writerow(COLUMNS)
         self.tb = None
