@@ -72,7 +72,9 @@ def per_sample_logabsdet(fn: Callable[[list[Tensor]], Tensor], xs: Sequence[Tens
     blocks = [j.reshape(dy, b, -1).transpose(0, 1) for j in jac]
     full = torch.cat(blocks, 2)
     assert full.shape[1] == full.shape[2], f"Jacobian is not square: {tuple(full.shape[1:])}"
-    sign, logabsdet = torch.linalg.slogdet(full)
+    # One matrix at a time: batched slogdet in this torch's MKL build is wrong for n >~ 150
+    # with more than one thread (off by nats, with "DLASWP" errors printed).
+    sign, logabsdet = torch.stack([torch.stack(torch.linalg.slogdet(m)) for m in full]).T
     assert bool((sign != 0).all()), "the map is singular at this point"
     return logabsdet
 

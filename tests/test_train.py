@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
+import os
+import signal
 import struct
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -16,7 +20,12 @@ import pytest
 import torch
 import yaml
 
-from flowgraph.checkpoint import CheckpointError, load_checkpoint
+from flowgraph.checkpoint import (
+    MAX_SPEC_TEXT,
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+)
 from flowgraph.cli.main import main
 from flowgraph.errors import FlowgraphError
 from flowgraph.images import write_png
@@ -25,6 +34,7 @@ from flowgraph.train import (
     ConfigError,
     TrainConfig,
     Trainer,
+    TrainingInterrupted,
     find_nonfinite_node,
     load_train_config,
     lr_at,
@@ -225,6 +235,124 @@ def test_interrupted_and_resumed_run_ends_identical_to_an_uninterrupted_one(spec
     assert [r["bpd"] for r in rows[1]] == [r["bpd"] for r in rows[0]]
 
 
+WALL_CLOCK = ("images_per_s", "wall_time")  # differ between any two runs
+
+
+def _log(out: Path) -> tuple[list[dict], list[dict]]:
+    """metrics.jsonl and metrics.csv rows without the wall-clock columns."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    with open(out / "metrics.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    strip = [{k: v for k, v in r.items() if k not in WALL_CLOCK} for r in (*rows, *table)]
+    return strip[: len(rows)], strip[len(rows):]
+
+
+def test_kills_between_an_epoch_row_and_its_checkpoint_leave_the_log_as_if_uninterrupted(
+        spec_file, tmp_path, monkeypatch):
+    """The crash series of issue 14: killed after the epoch-end row, before the save, three
+    times over. No duplicate rows, the scheduled lr on every row, and the interval row cut by
+    each resume (step 3, log_every 3, checkpoint at 2) still averages all three steps."""
+    cfg = config(epochs=2, checkpoint_every=2, log_every=3, warmup_steps=5, lr_decay=0.5)
+    straight = run(spec_file, tmp_path / "a", cfg)  # 4 steps per epoch
+
+    class Kill(BaseException):
+        pass
+
+    def killed(self, path):
+        raise Kill  # `sample` runs between the epoch-end row and the checkpoint
+
+    monkeypatch.setattr(Trainer, "sample", killed)
+    out = tmp_path / "b"
+    with pytest.raises(Kill):
+        run(spec_file, out, cfg)
+    for _ in range(2):
+        with pytest.raises(Kill):
+            run(spec_file, out, cfg, resume=out / "checkpoint.pt")
+        assert load_checkpoint(out / "checkpoint.pt")["step"] == 2
+    monkeypatch.undo()
+    resumed = run(spec_file, out, cfg, resume=out / "checkpoint.pt")
+    assert resumed.test_bpd == straight.test_bpd
+    _assert_same_training_state(_state(tmp_path / "a" / "final.pt"), _state(out / "final.pt"))
+    jsonl, table = _log(out)
+    assert (jsonl, table) == _log(tmp_path / "a")
+    assert [(r["step"], r["test_bpd"] is not None) for r in jsonl] == [
+        (3, False), (4, True), (6, False), (8, True)]
+    assert [r["lr"] for r in jsonl] == [lr_at(cfg, s - 1, (s - 1) // 4, (s - 1) % 4)
+                                        for s in (3, 4, 6, 8)]
+    assert all(r["lr"] != cfg.lr for r in jsonl)
+
+
+def test_a_checkpoint_without_log_sizes_resumes_by_step_and_a_short_log_is_reported(
+        spec_file, tmp_path):
+    cfg = config(epochs=2, log_every=1)
+    out = tmp_path / "r"
+    run(spec_file, out, config(epochs=2, log_every=1, max_steps=3))
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 3 and state["metrics"]["step"] == 3
+    older = {k: v for k, v in state.items() if k not in ("metrics", "interval", "format")}
+    save_checkpoint(out / "old.pt", older)  # as written before the log sizes were recorded
+    with open(out / "metrics.jsonl", "a") as f:  # a killed run's row after the checkpoint
+        f.write(json.dumps({"step": 4}) + "\n")
+    with open(out / "metrics.csv", "a") as f:
+        f.write("4,0\n")
+    run(spec_file, out, cfg, resume=out / "old.pt")
+    jsonl, table = _log(out)
+    assert [r["step"] for r in jsonl] == [1, 2, 3, 4, 4, 5, 6, 7, 8, 8]  # 4, 8: epoch ends
+    assert [int(r["step"]) for r in table] == [r["step"] for r in jsonl]
+    assert jsonl[3]["test_bpd"] is None and jsonl[4]["test_bpd"] is not None
+    (out / "metrics.csv").write_text("")  # lost: rows up to the step are kept, with a note
+    stream = io.StringIO()
+    train(spec_file, config(epochs=3), out, resume=out / "checkpoint.pt",
+          train_data=images(32), stream=stream)
+    assert "shorter than when the checkpoint was written" in stream.getvalue()
+    with open(out / "metrics.csv", newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [9, 10, 11, 12, 12]  # a header
+
+
+def test_stale_temporary_checkpoint_files_are_removed_at_start_up(spec_file, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    stale = [out / ".checkpoint.pt.k9x2_a1b.tmp", out / ".final.pt.00000000.tmp"]
+    for path in stale:
+        path.write_bytes(b"\0" * 3 * 2**20)
+    other = out / ".notes.txt.tmp"
+    other.write_text("not ours")
+    stream = io.StringIO()
+    train(spec_file, config(epochs=1), out, train_data=images(32), stream=stream)
+    assert not any(p.exists() for p in stale) and other.exists()
+    assert "removed 2 temporary file(s) of killed checkpoint writes (6.0 MiB)" in (
+        stream.getvalue())
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_a_checkpoint_after_the_current_step_and_the_run_resumes_exactly(
+        spec_file, tmp_path, signum, code):
+    cfg = config(epochs=2, log_every=3, checkpoint_every=0)
+    run(spec_file, tmp_path / "a", cfg)
+    flow = compile_for_training(str(spec_file), None, cfg.seed)
+    calls = {"n": 0}
+
+    def signal_in_step_6(module, args):
+        calls["n"] += module.training  # not the evaluation's forwards
+        if calls["n"] == 1 + 6:  # the ActNorm init runs one forward first
+            os.kill(os.getpid(), signum)
+
+    flow.get_submodule("cp").register_forward_pre_hook(signal_in_step_6)
+    before = signal.getsignal(signum)
+    out = tmp_path / "b"
+    name = signal.Signals(signum).name
+    with pytest.raises(TrainingInterrupted, match=f"{name} after step 6") as info:
+        run(spec_file, out, cfg, flow=flow)
+    assert info.value.exit_code == code and info.value.checkpoint == out / "checkpoint.pt"
+    assert signal.getsignal(signum) is before  # handlers restored
+    state = _state(out / "checkpoint.pt")
+    assert (state["step"], state["epoch"], state["batch"]) == (6, 1, 2)
+    assert not (out / "final.pt").exists()
+    run(spec_file, out, cfg, resume=out / "checkpoint.pt")
+    _assert_same_training_state(_state(tmp_path / "a" / "final.pt"), _state(out / "final.pt"))
+    assert _log(out) == _log(tmp_path / "a")
+
+
 def test_resume_refuses_a_checkpoint_of_another_spec(spec_file, tmp_path):
     run(spec_file, tmp_path / "a", config(epochs=1))
     with pytest.raises(CheckpointError, match="different spec"):
@@ -250,30 +378,98 @@ def test_actnorm_is_not_reinitialised_after_a_resume(spec_file, tmp_path, monkey
     assert trainer.fit().step == 8
 
 
-def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(spec_file, tmp_path,
-                                                                    monkeypatch):
+def test_a_disk_full_while_saving_keeps_the_previous_checkpoint_and_names_path_and_error(
+        spec_file, tmp_path, monkeypatch):
     real_save = torch.save
     calls = {"n": 0}
 
+    class FillsUp:
+        """The checkpoint file, refusing writes once 4 KB are in: the disk is full."""
+
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, data):
+            self.n += len(data)
+            if self.n > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(data)
+
+        def flush(self):
+            self.f.flush()
+
     def flaky_save(obj, f, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 2:  # the second checkpoint: write half of it, then "crash"
-            buffer = io.BytesIO()
-            real_save(obj, buffer, *args, **kwargs)
-            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-            raise OSError("disk full")
-        return real_save(obj, f, *args, **kwargs)
+        return real_save(obj, FillsUp(f) if calls["n"] == 2 else f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", flaky_save)
     out = tmp_path / "run"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CheckpointError) as info:
         run(spec_file, out, config(epochs=3, checkpoint_every=2))
+    message = str(info.value)
+    assert str(out / "checkpoint.pt") in message and "No space left on device" in message
+    assert "ENOSPC" in message and "previous checkpoint.pt is unchanged" in message
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["step"] == 2  # the first checkpoint, intact
     assert sorted(p.name for p in out.iterdir() if p.suffix in (".pt", ".tmp")) == [
         "checkpoint.pt"]  # no half-written temporary file is left behind
     monkeypatch.setattr(torch, "save", real_save)
     assert run(spec_file, out, config(epochs=3), resume=out / "checkpoint.pt").step == 12
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 1 MiB tmpfs (needs root and mount rights; skipped otherwise)."""
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)]
+    if os.geteuid() != 0 or subprocess.run(cmd, check=False, capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_really_full_or_read_only_disk_keeps_the_previous_checkpoint(tiny_tmpfs):
+    path = tiny_tmpfs / "checkpoint.pt"
+    small = {"model": {"w": torch.zeros(1000)}, "spec_text": "", "spec_hash": ""}
+    save_checkpoint(path, small)
+    filler = tiny_tmpfs / "filler"
+    with open(filler, "wb") as f:  # leave ~64 KB free
+        f.write(b"\0" * (2**20 - 64 * 2**10 - path.stat().st_size))
+    with pytest.raises(CheckpointError, match=r"No space left on device \[ENOSPC\]; the prev"):
+        save_checkpoint(path, {**small, "model": {"w": torch.zeros(100_000)}})
+    assert load_checkpoint(path)["model"]["w"].shape == (1000,)
+    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["checkpoint.pt", "filler"]
+    filler.unlink()
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+    with pytest.raises(CheckpointError) as info:
+        save_checkpoint(path, small)
+    assert f"cannot write checkpoint {str(path)!r}: Read-only file system [EROFS]" in str(
+        info.value)
+
+
+def test_load_checkpoint_refuses_an_oversized_embedded_spec(tmp_path):
+    path = save_checkpoint(tmp_path / "big.pt", {
+        "model": {}, "spec_text": "#" * (MAX_SPEC_TEXT + 1), "spec_hash": "x"})
+    with pytest.raises(CheckpointError, match="embedded spec is 1,000,001 characters"):
+        load_checkpoint(path)
+
+
+class Payload:
+    """Not a tensor or plain value: `weights_only=True` loading refuses it."""
+
+
+def test_a_checkpoint_with_pickled_objects_is_refused_without_advising_weights_only_false(
+        tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "model": {}, "spec_text": "", "spec_hash": "", "x": Payload()},
+               path)
+    with pytest.raises(CheckpointError, match="will not load it") as info:
+        load_checkpoint(path)
+    message = str(info.value)
+    assert "weights_only" not in message and "likely succeed" not in message
 
 
 # ---------------------------------------------------------------------- non-finite steps
@@ -368,8 +564,8 @@ def test_metrics_go_to_tensorboard_when_it_imports(spec_file, tmp_path, monkeypa
     scalars: list[tuple[str, float, int]] = []
 
     class FakeWriter:
-        def __init__(self, logdir: str):
-            self.logdir = logdir
+        def __init__(self, logdir: str, purge_step: int | None = None):
+            self.logdir, self.purge_step = logdir, purge_step
 
         def add_scalar(self, tag: str, value: float, step: int) -> None:
             scalars.append((tag, value, step))

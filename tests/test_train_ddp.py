@@ -1,9 +1,11 @@
-"""DDP on CPU (gloo): two processes stay bit-identical, from ActNorm's init to the last step."""
+"""DDP on CPU (gloo): two processes stay bit-identical, from ActNorm's init to the last step,
+and stop together on a signal only one of them received."""
 
 from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from flowgraph.checkpoint import load_checkpoint
-from flowgraph.train import TrainConfig, Trainer
+from flowgraph.train import TrainConfig, Trainer, TrainingInterrupted
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import TINY, images
@@ -45,8 +47,26 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     after_init = {k: v.clone() for k, v in trainer.flow.state_dict().items()}
     trainer.wrap()
     result = trainer.fit()
+    # SIGTERM reaches rank 0 alone, inside step 3: both ranks stop after that step.
+    again = Trainer(spec, cfg, Path(tmp) / "signalled", train_data=images(32),
+                    stream=io.StringIO())
+    calls = {"n": 0}
+
+    def sigterm_in_step_3(module, args):
+        calls["n"] += module.training
+        if rank == 0 and calls["n"] == 1 + 3:  # after ActNorm's init forward
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    again.flow.get_submodule("cp").register_forward_pre_hook(sigterm_in_step_3)
+    again.initialize()
+    again.wrap()
+    try:
+        again.fit()
+        stopped = None
+    except TrainingInterrupted as e:
+        stopped = (e.step, e.exit_code, None if e.checkpoint is None else str(e.checkpoint))
     torch.save({"first": first, "init": after_init, "final": trainer.flow.state_dict(),
-                "test_bpd": result.test_bpd, "step": result.step},
+                "test_bpd": result.test_bpd, "step": result.step, "stopped": stopped},
                Path(tmp) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -68,6 +88,10 @@ def test_two_gloo_ranks_keep_identical_parameters(tmp_path):
     assert state["world_size"] == 2 and state["step"] == 8
     assert all(torch.equal(state["model"][k], r0["final"][k]) for k in r0["final"])
     assert [p.name for p in (tmp_path / "run" / "samples").iterdir()] != []
+    # The signal: rank 0 saved a checkpoint after step 3, and rank 1 stopped there too.
+    path = tmp_path / "signalled" / "checkpoint.pt"
+    assert r0["stopped"] == (3, 143, str(path)) and r1["stopped"] == (3, 143, None)
+    assert load_checkpoint(path)["step"] == 3
 
 
 def test_torchrun_runs_the_cli_with_two_processes(tmp_path):

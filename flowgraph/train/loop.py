@@ -7,6 +7,14 @@ step, gradients dropped, BatchNorm statistics restored) and counted; `max_nonfin
 stop the run with the first bad node named (`flowgraph.train.nonfinite`). ActNorm is
 initialised from the first batch before DDP wraps the model, and never after a resume.
 
+Crash safety: checkpoints are written atomically and record the metrics files' sizes and the
+running sums of the current logging interval, so a run resumed after SIGKILL continues the
+log exactly as an uninterrupted run writes it (`flowgraph.train.progress`); temporary files of
+killed checkpoint writes are removed at start-up. SIGTERM/SIGINT save a checkpoint at the next
+step boundary (with DDP: after the step that all processes learn of it in) and raise
+`TrainingInterrupted` (exit code 128 + signal number, see `flowgraph.train.interrupt`); a
+second signal kills at once.
+
 Example:
     >>> import io, tempfile
     >>> spec = {"flowgraph": 1, "name": "t", "inputs": {"x": {"shape": [1, 4, 4], "bits": 8}},
@@ -25,15 +33,21 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import torch
 from torch import Tensor, nn
 
-from flowgraph.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from flowgraph.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    remove_stale_temporaries,
+    save_checkpoint,
+)
 from flowgraph.errors import FlowgraphError
 from flowgraph.images import save_grid
 from flowgraph.train.batches import BatchSource, derive_seed, generator
@@ -46,12 +60,13 @@ from flowgraph.train.distributed import (
     teardown_distributed,
 )
 from flowgraph.train.inputs import augment_for, compile_for_training, load_splits
+from flowgraph.train.interrupt import StopSignals, TrainingInterrupted
 from flowgraph.train.nonfinite import find_nonfinite_node
 from flowgraph.train.progress import MetricsLog, ProgressBar
 from flowgraph.train.schedule import lr_at
 from flowgraph.train.state import capture_rng, restore_rng
 
-__all__ = ["TrainResult", "Trainer", "train"]
+__all__ = ["TrainResult", "Trainer", "TrainingInterrupted", "train"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,9 @@ class Trainer:
             spec, overrides, cfg.seed)
         self.step = self.epoch = self.batch = self.skipped = self.streak = 0
         self.wall0, self.epoch_sum, self.train_bpd = 0.0, [0.0, 0], None
+        self.interval: list[float] = [0.0, 0, 0.0, 0]  # bpd sum, count, grad-norm sum, count
+        self.saved: tuple[int, int, int] | None = None  # position of the last checkpoint.pt
+        self.signals = StopSignals()
         self.last_test: tuple[int, float | None] = (-1, None)
         ckpt = self._load(Path(resume)) if resume is not None else None
         train_data, test_data = load_splits(cfg, self.flow, train_data, test_data)
@@ -106,8 +124,13 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt["optimizer"])
         self.main = self.dist.is_main
         self.log = ProgressBar(self.total_steps, cfg.log_every, stream, enabled=self.main)
-        self.metrics = MetricsLog(self.out, self.step if ckpt else None,
-                                  cfg.tensorboard) if self.main else None
+        self.metrics = None
+        if self.main:
+            self._remove_stale_temporaries()
+            at = None if ckpt is None else ckpt.get("metrics") or {"step": self.step}
+            self.metrics = MetricsLog(self.out, at, cfg.tensorboard)
+            if self.metrics.note:
+                self.log.message(self.metrics.note)
         self.loss: nn.Module = BitsPerDim(self.flow)
 
     # -- setup phases ---------------------------------------------------------------------
@@ -115,6 +138,13 @@ class Trainer:
     def total_steps(self) -> int:
         n = (self.cfg.epochs + self.cfg.finetune_epochs) * len(self.source)
         return min(n, self.cfg.max_steps or n)
+
+    def _remove_stale_temporaries(self) -> None:
+        removed = remove_stale_temporaries(self.out)
+        if removed:
+            size = sum(n for _, n in removed)
+            self.log.message(f"removed {len(removed)} temporary file(s) of killed checkpoint "
+                             f"writes ({size / 2**20:,.1f} MiB) from {self.out}")
 
     def _load(self, path: Path) -> dict[str, Any]:
         ckpt = load_checkpoint(path, map_location="cpu")
@@ -131,6 +161,9 @@ class Trainer:
             setattr(self, k, int(ckpt[k]))
         self.streak, self.wall0 = int(ckpt["nonfinite_streak"]), float(ckpt["wall_time"])
         self.epoch_sum = [float(ckpt["epoch_bpd"][0]), int(ckpt["epoch_bpd"][1])]
+        if "interval" in ckpt:  # older checkpoints restart the interval
+            a, b, c, d = ckpt["interval"]
+            self.interval = [float(a), int(b), float(c), int(d)]
         restore_rng(ckpt["rng"])
         if int(ckpt.get("world_size", 1)) != self.dist.world_size:
             print(f"warning: {path} was written by {ckpt['world_size']} processes and is "
@@ -182,9 +215,12 @@ class Trainer:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
         bad = ~torch.isfinite(loss) | ~torch.isfinite(norm)
+        # A stop signal seen by any process by now stops all of them after this step.
+        signalled = self.signals.signum is not None
         stats = torch.stack([torch.nan_to_num(loss.detach()) * len(x), loss.new_tensor(len(x)),
-                             bad.float(), loss.new_tensor(float(time_up))])
-        total, count, n_bad, n_up = all_reduce_sum(stats).tolist()
+                             bad.float(), loss.new_tensor(float(time_up)),
+                             loss.new_tensor(float(signalled))])
+        total, count, n_bad, n_up, n_sig = all_reduce_sum(stats).tolist()
         self.step, self.batch = self.step + 1, self.batch + 1
         if n_bad:
             self.optimizer.zero_grad(set_to_none=True)
@@ -196,24 +232,32 @@ class Trainer:
                 raise FlowgraphError(
                     f"training stopped: {self.streak} consecutive non-finite steps (step "
                     f"{self.step}, {self.skipped} skipped in all); first non-finite: {where}")
-            return {"bpd": None, "grad_norm": None, "stop": bool(n_up)}
+            return {"bpd": None, "grad_norm": None, "stop": bool(n_up), "signal": bool(n_sig)}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.streak = 0
-        return {"bpd": total / count, "grad_norm": float(norm), "stop": bool(n_up)}
+        return {"bpd": total / count, "grad_norm": float(norm), "stop": bool(n_up),
+                "signal": bool(n_sig)}
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> TrainResult:
+        with self.signals:
+            return self._fit()
+
+    def _fit(self) -> TrainResult:
         cfg, per_epoch = self.cfg, len(self.source)
         epochs = cfg.epochs + cfg.finetune_epochs
         start, images, t_int = time.perf_counter(), 0, time.perf_counter()
-        acc: list[float] = [0.0, 0, 0.0, 0]  # bpd sum, count, grad-norm sum, count
-        rate, stop, lr = 0.0, False, cfg.lr
+        acc = self.interval
+        rate, stop, signalled = 0.0, False, False
         self.flow.train()
         while self.epoch < epochs and not stop:
             for b, x in self.source.epoch(self.epoch, self.batch):
                 if cfg.max_steps is not None and self.step >= cfg.max_steps:
                     stop = True
+                    break
+                if self.signals.signum is not None and not self.dist.enabled:
+                    stop = signalled = True  # (with DDP the next step's all-reduce agrees)
                     break
                 lr = lr_at(cfg, self.step, self.epoch, b)
                 wall = self.wall0 + time.perf_counter() - start
@@ -234,15 +278,23 @@ class Trainer:
                 if self.step % cfg.log_every == 0:
                     self._row(lr, bpd, rate, acc[2] / acc[3] if acc[3] else None,
                               self.wall0 + now - start)
-                    acc, images, t_int = [0.0, 0, 0.0, 0], 0, now
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    acc[:] = [0.0, 0, 0.0, 0]  # in place: `acc` is self.interval
+                    images, t_int = 0, now
+                # At an epoch's end `_end_epoch` saves anyway (after its row).
+                if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                        and self.batch < per_epoch):
                     self.save("checkpoint.pt", self.wall0 + now - start)
+                if out["signal"]:
+                    stop = signalled = True
+                    break
                 if out["stop"]:
                     stop = True
                     self.log.message(f"max_time {cfg.max_time} s reached at step {self.step}")
                     break
+            if signalled:
+                self._interrupted(self.wall0 + time.perf_counter() - start)
             if self.batch >= per_epoch:  # the epoch is complete
-                self._end_epoch(lr, self.wall0 + time.perf_counter() - start)
+                self._end_epoch(self.wall0 + time.perf_counter() - start)
                 images, t_int = 0, time.perf_counter()  # keep evaluation out of images/s
         wall = self.wall0 + time.perf_counter() - start
         if self.last_test[0] != self.step:
@@ -260,6 +312,15 @@ class Trainer:
             self.train_bpd = self.epoch_sum[0] / self.epoch_sum[1]
         return TrainResult(self.step, self.epoch, self.skipped, self.train_bpd, test, path)
 
+    def _interrupted(self, wall: float) -> NoReturn:
+        signum = self.signals.signum or signal.SIGTERM  # another process got it
+        self.log.message(f"{signal.Signals(signum).name}: saving a checkpoint at step "
+                         f"{self.step} and stopping (a second signal aborts at once)")
+        path = self.save("checkpoint.pt", wall)
+        if self.metrics is not None:
+            self.metrics.close()
+        raise TrainingInterrupted(signum, self.step, path)
+
     def _row(self, lr: float, bpd: float, rate: float | None, grad_norm: float | None, wall: float,
              test_bpd: float | None = None) -> None:
         if self.metrics is not None:
@@ -268,8 +329,10 @@ class Trainer:
                                grad_norm=grad_norm, skipped=self.skipped, wall_time=wall,
                                test_bpd=test_bpd)
 
-    def _end_epoch(self, lr: float, wall: float) -> None:
+    def _end_epoch(self, wall: float) -> None:
         test = self.evaluate()
+        # The lr of the epoch's last step, also when a resume starts right at the epoch's end.
+        lr = lr_at(self.cfg, self.step - 1, self.epoch, self.batch - 1)
         mean = self.epoch_sum[0] / self.epoch_sum[1] if self.epoch_sum[1] else math.nan
         self.train_bpd = None if math.isnan(mean) else mean
         self._row(lr, mean, None, None, wall, test)
@@ -317,16 +380,24 @@ class Trainer:
     def save(self, name: str, wall: float) -> Path | None:
         if not self.main:
             return None
+        where = (self.step, self.epoch, self.batch)
+        if name == "checkpoint.pt" and self.saved == where:  # nothing new to write
+            return self.out / name
         lr = lr_at(self.cfg, self.step, self.epoch, self.batch)
-        return save_checkpoint(self.out / name, {
+        metrics = None if self.metrics is None else self.metrics.position(self.step)
+        path = save_checkpoint(self.out / name, {
             "model": self.flow.state_dict(), "optimizer": self.optimizer.state_dict(),
             "schedule": {"mode": self.cfg.lr_schedule, "lr": lr, "epoch": self.epoch,
                          "step": self.step},
             "step": self.step, "epoch": self.epoch, "batch": self.batch,
             "skipped": self.skipped, "nonfinite_streak": self.streak, "wall_time": wall,
-            "epoch_bpd": list(self.epoch_sum), "world_size": self.dist.world_size,
+            "epoch_bpd": list(self.epoch_sum), "interval": list(self.interval),
+            "metrics": metrics, "world_size": self.dist.world_size,
             "rng": capture_rng(), "config": self.cfg.model_dump(mode="json"),
             "spec_text": self.flow.spec_text, "spec_hash": self.flow.spec_hash})
+        if name == "checkpoint.pt":
+            self.saved = where
+        return path
 
 
 def train(spec: Any, config: TrainConfig, out_dir: str | Path, **kwargs: Any) -> TrainResult:

@@ -5,20 +5,27 @@ prints a line every `every` steps. `MetricsLog` appends one row per logging inte
 per evaluation) to ``metrics.jsonl`` and ``metrics.csv`` with the columns `COLUMNS`:
 
 - ``step``: optimizer steps attempted so far (skipped ones included); ``epoch`` (0-based);
-- ``lr``; ``bpd``: mean training bits/dim over the interval (finite steps only);
+- ``lr``: the scheduled lr of the row's last step (on an epoch-end row: the epoch's last step);
+- ``bpd``: mean training bits/dim over the interval (finite steps only; the running sums are
+  checkpointed, so an interval cut by a resume still averages all its steps);
 - ``images_per_s`` (all processes together); ``grad_norm``: mean total gradient norm
   before clipping; ``skipped``: non-finite steps skipped so far; ``wall_time``: seconds of
   training (resumes continue the count);
 - ``test_bpd``: test-split single-sample bits/dim, only on the rows written at epoch ends
   (empty elsewhere).
 
-Rows are also sent to TensorBoard when ``torch.utils.tensorboard`` imports (else skipped).
+A resumed run's files equal an uninterrupted run's except in the wall-clock columns
+``images_per_s`` and ``wall_time``.
+
+Rows are also sent to TensorBoard when ``torch.utils.tensorboard`` imports (else skipped);
+after a resume, events past the checkpoint's step are purged (``purge_step``).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,17 +88,26 @@ class ProgressBar:
 
 
 class MetricsLog:
-    """Append-only ``metrics.jsonl`` + ``metrics.csv`` (+ TensorBoard) in `out_dir`."""
+    """Append-only ``metrics.jsonl`` + ``metrics.csv`` (+ TensorBoard) in `out_dir`.
 
-    def __init__(self, out_dir: Path, resume_step: int | None = None, tensorboard: bool = True):
+    Each checkpoint stores `position()` (the files' byte sizes); resuming from it with
+    ``resume=`` that dict cuts both files back to those sizes, so the rows a killed run wrote
+    after its last checkpoint (or half a row) are rewritten once, never duplicated. A
+    `resume` dict without sizes (older checkpoints), or files shorter than recorded, fall back
+    to dropping rows after ``resume["step"]``; `note` then says so.
+    """
+
+    def __init__(self, out_dir: Path, resume: dict[str, int] | None = None,
+                 tensorboard: bool = True):
         self.jsonl, self.csv = out_dir / "metrics.jsonl", out_dir / "metrics.csv"
+        self.note: str | None = None
         out_dir.mkdir(parents=True, exist_ok=True)
-        if resume_step is None:
+        if resume is None:
             for path in (self.jsonl, self.csv):
                 path.unlink(missing_ok=True)
-        else:
-            self._truncate_after(resume_step)
-        if not self.csv.exists():
+        elif not self._truncate_to(resume):
+            self._truncate_after(resume["step"])
+        if not self.csv.exists() or self.csv.stat().st_size == 0:
             with open(self.csv, "w", newline="") as f:
                 csv.writer(f).writerow(COLUMNS)
         self.tb = None
@@ -101,18 +117,49 @@ class MetricsLog:
             except ImportError:  # tensorboard is optional
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self.tb = SummaryWriter(str(out_dir / "tensorboard"))
+                # purge_step hides events a killed run logged after the checkpoint.
+                purge = None if resume is None else resume["step"] + 1
+                self.tb = SummaryWriter(str(out_dir / "tensorboard"), purge_step=purge)
+
+    def position(self, step: int) -> dict[str, int]:
+        """``{"step", "jsonl", "csv"}``: the files' sizes now, flushed to disk first (a
+        checkpoint that outlives a power cut should not point past the end of its log)."""
+        pos = {"step": step}
+        for key, path in (("jsonl", self.jsonl), ("csv", self.csv)):
+            with open(path, "ab") as f:  # "ab" creates the jsonl before its first row
+                os.fsync(f.fileno())
+                pos[key] = os.fstat(f.fileno()).st_size
+        return pos
+
+    def _truncate_to(self, pos: dict[str, int]) -> bool:
+        """Cut both files back to the sizes in `pos`; False when that cannot be exact."""
+        if "jsonl" not in pos:
+            return False
+        paths = ((self.jsonl, pos["jsonl"]), (self.csv, pos["csv"]))
+        if any(not p.exists() or p.stat().st_size < size for p, size in paths):
+            self.note = (f"warning: {self.jsonl.name}/{self.csv.name} are shorter than when the "
+                         "checkpoint was written; kept their rows up to its step")
+            return False
+        for path, size in paths:
+            os.truncate(path, size)
+        return True
 
     def _truncate_after(self, step: int) -> None:
-        """Drop rows a crashed run wrote after the checkpoint being resumed."""
+        """Drop rows after `step` (for checkpoints that do not record the files' sizes)."""
         if self.jsonl.exists():
-            rows = [line for line in self.jsonl.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= step]
+            rows = []
+            for line in self.jsonl.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= step:
+                        rows.append(line)
+                except (ValueError, KeyError, TypeError):  # a half-written last row
+                    continue
             self.jsonl.write_text("".join(r + "\n" for r in rows))
         if self.csv.exists():
             with open(self.csv, newline="") as f:
                 table = list(csv.reader(f))
-            keep = table[:1] + [r for r in table[1:] if r and int(r[0]) <= step]
+            keep = table[:1] + [r for r in table[1:]
+                                if r and r[0].isdigit() and int(r[0]) <= step]
             with open(self.csv, "w", newline="") as f:
                 csv.writer(f).writerows(keep)
 

@@ -10,6 +10,10 @@ dict of plain values and tensors, loadable with ``weights_only=True``:
 - ``step`` (optimizer steps attempted), ``epoch``, ``batch`` (batches of `epoch` consumed),
   ``skipped`` (non-finite steps), ``nonfinite_streak``, ``wall_time``, ``epoch_bpd``
   (running sum and count of this epoch's bits/dim), ``world_size``;
+- ``interval``: running sums and counts (bits/dim, gradient norm) of the logging interval in
+  progress; ``metrics``: ``{"step", "jsonl", "csv"}``, the metrics files' byte sizes when the
+  checkpoint was written (`flowgraph.train.progress.MetricsLog.position`; None on other
+  ranks than 0);
 - ``rng``: CPU and CUDA torch generator states (the data order and noise do not depend on them:
   they come from seeded generators, but other global randomness resumes too);
 - ``config``: the `TrainConfig` as a dict; ``spec_text`` and ``spec_hash`` of the flow.
