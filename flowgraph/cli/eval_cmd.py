@@ -13,28 +13,12 @@ import torch
 
 from flowgraph.checkpoint import load_flow
 from flowgraph.cli.common import CliUsageError, parse_assignments
+from flowgraph.train.distributed import resolve_device
 
 __all__ = ["CliUsageError", "add_parser", "load_for_inference", "resolve_data", "resolve_device",
            "run"]
 
 DEFAULT_DATASET = "fashion-mnist"
-
-
-def resolve_device(name: str) -> torch.device:
-    """'cpu', 'cuda' or 'cuda:N', checked against what this machine has."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise CliUsageError(f"--device must be cpu, cuda or cuda:N. Got {name!r}.") from None
-    if device.type not in ("cpu", "cuda"):
-        raise CliUsageError(f"--device must be cpu, cuda or cuda:N. Got {name!r}.")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise CliUsageError(f"--device {name}: CUDA is not available on this machine "
-                            f"(torch {torch.__version__}); use --device cpu.")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise CliUsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA "
-                            "device(s) here.")
-    return device
 
 
 def load_for_inference(path: str, device: torch.device) -> tuple[Any, dict[str, Any]]:

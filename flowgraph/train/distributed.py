@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from flowgraph.errors import FlowgraphError
+
 __all__ = ["BitsPerDim", "DistInfo", "all_reduce_sum", "setup_distributed",
            "teardown_distributed"]
 
@@ -40,12 +42,31 @@ class DistInfo:
         return self.rank == 0
 
 
+class DeviceError(FlowgraphError):
+    """A device name this machine cannot serve; the CLI exits with status 2."""
+
+    usage = True
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto', 'cpu', 'cuda' or 'cuda:N', checked against what this machine has; a bare
+    'cuda' under torchrun is the process's own GPU (LOCAL_RANK)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device must be auto, cpu, cuda or cuda:N. Got {name!r}.")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(f"device {name}: CUDA is not available on this machine "
+                          f"(torch {torch.__version__}); use cpu.")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name}: only {torch.cuda.device_count()} CUDA device(s) "
+                          "here.")
     return device
 
 
