@@ -32,6 +32,7 @@ def default_ops() -> list[OpDef]:
     from flowgraph.ops.permute import PERMUTE_OP
     from flowgraph.ops.priors import CHANNEL_NORMAL_OP, CONDITIONAL_NORMAL_OP, STANDARD_NORMAL_OP
     from flowgraph.ops.reshape import CONCAT_OP, SPLIT_OP, SQUEEZE_OP, UNSQUEEZE_OP
+    from flowgraph.ops.spline import SPLINE_COUPLING_OP
 
     return [
         # data side
@@ -43,6 +44,7 @@ def default_ops() -> list[OpDef]:
         ACTNORM_OP,
         CONV1X1_OP,
         AFFINE_COUPLING_OP,
+        SPLINE_COUPLING_OP,
         PERMUTE_OP,
         CROSS_UNIT_COUPLING_OP,
         # shape
