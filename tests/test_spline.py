@@ -118,7 +118,7 @@ def test_logdet_matches_the_per_sample_jacobian(case) -> None:
         def fn(v: torch.Tensor, b=b, cb=cb) -> torch.Tensor:
             return m(v.view(1, *x.shape[1:]), cb, None)[0].flatten()
 
-        jac = torch.autograd.functional.jacobian(fn, x[b].flatten())
+        jac = torch.autograd.functional.jacobian(fn, x[b].flatten(), vectorize=True)
         sign, expected = torch.linalg.slogdet(jac)
         assert sign > 0  # orientation-preserving
         assert torch.allclose(ld[b], expected, rtol=0, atol=1e-9), (b, ld[b], expected)
