@@ -65,7 +65,7 @@ def _at(t: Tensor, idx: Tensor) -> Tensor:
 def rational_quadratic_spline(x: Tensor, params: Tensor, bound: float, min_bin_width: float,
                               min_bin_height: float, min_derivative: float, inverse: bool
                               ) -> tuple[Tensor, Tensor]:
-    r"""Elementwise RQ spline (Durkan et al. 2019, eqs. 4-8) with identity tails.
+    r"""Elementwise rational-quadratic spline (Durkan et al. 2019) with identity tails.
 
     Arguments:
         x: values, any shape ``S``.
