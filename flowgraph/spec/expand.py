@@ -149,6 +149,8 @@ class _Scope:
 
     # -- helpers ----------------------------------------------------------------------------
     def sub(self, value: Any, path: tuple) -> Any:
+        if value is True or (type(value) is str and "${" not in value):
+            return value  # most ids, ops and `when`s: skip the calls below
         return self.ex.sub(value, self.vars, path, self.trail)
 
     def visible(self) -> list[str]:
@@ -325,7 +327,7 @@ class _Scope:
         return ChainMap({"input": ref, "prev": ref}, self.vars)
 
     def _sub_in(self, value: Any, vars: Mapping, path: tuple) -> Any:
-        return self.ex.sub(value, vars, path, self.trail)
+        return self.ex.sub(value, vars, path, self.trail, bind=True)
 
     def _resolve_in(self, e: _Entry, vars: dict) -> list[Ref]:
         saved, self.vars = self.vars, vars
@@ -458,10 +460,14 @@ class _Expander:
                        "repeat iterations than allowed", path, trail)
             raise _Stop
 
-    def sub(self, value: Any, vars: Mapping, path: tuple, trail: tuple = ()) -> Any:
-        """`substitute` with every failure recorded at `path` (a limit stops expansion)."""
+    def sub(self, value: Any, vars: Mapping, path: tuple, trail: tuple = (),
+            bind: bool = False) -> Any:
+        """`substitute` with every failure recorded at `path` (a limit stops expansion).
+
+        `bind`: the value becomes a variable (template argument), so views stay views.
+        """
         try:
-            return substitute(value, vars, self.budget)
+            return substitute(value, vars, self.budget, views=bind)
         except ExprLimitError as err:
             self.limit(err.limit, err.what, path, trail)
             raise _Stop from None

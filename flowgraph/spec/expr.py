@@ -45,7 +45,8 @@ _UNOPS = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_
 _CALLS = ("abs", "int", "len", "max", "min", "range", "sum")
 _MAX_POW = 64
 _MAX_RANGE = 100_000
-_ITEMS_PER_STEP = 8  # building an item in C costs far less than visiting a syntax node
+_ITEMS_PER_STEP = 8
+_SCALARS = frozenset({int, float, bool, type(None)})  # building an item in C costs far less than visiting a syntax node
 
 
 class ExprError(ValueError):
@@ -108,23 +109,34 @@ def has_expr(value: Any) -> bool:
     return isinstance(value, str) and "${" in value
 
 
-def substitute(value: Any, scope: Mapping[str, Any], budget: Budget | None = None) -> Any:
-    """Recursively replace ``${...}`` in strings of `value` (lists and mappings walked)."""
-    if isinstance(value, str):
+def substitute(value: Any, scope: Mapping[str, Any], budget: Budget | None = None,
+               views: bool = False) -> Any:
+    """Recursively replace ``${...}`` in strings of `value` (lists and mappings walked).
+
+    `views`: a `Prefix` value may stay a view (binding a variable, not building a node), so
+    passing ``${earlier}`` on costs nothing until a node actually lists it.
+    """
+    kind = type(value)
+    if kind is str:
         if "${" not in value:
             return value
         budget = budget or Budget(active_limits())
         full = _FULL.match(value)
         if full and "${" not in full.group(1):
-            return _plain(evaluate(full.group(1), scope, budget), budget)
+            result = evaluate(full.group(1), scope, budget)
+            return result if views and isinstance(result, Prefix) else _plain(result, budget)
         text = _PART.sub(lambda m: _to_text(evaluate(m.group(1), scope, budget)), value)
         if len(text) > budget.limits.max_str_len:
             raise ExprLimitError("max_str_len", "an interpolated string is longer than allowed")
         return text
-    if isinstance(value, list):
-        return [substitute(v, scope, budget) for v in value]
-    if isinstance(value, Mapping):
-        return {k: substitute(v, scope, budget) for k, v in value.items()}
+    if kind in _SCALARS:  # the common case, before the slower checks below
+        return value
+    if kind is list or (kind is not dict and isinstance(value, list)):
+        return [substitute(v, scope, budget, views) for v in value]
+    if kind is dict or isinstance(value, Mapping):
+        return {k: substitute(v, scope, budget, views) for k, v in value.items()}
+    if isinstance(value, str):
+        return substitute(str(value), scope, budget, views)
     return value
 
 
