@@ -127,7 +127,7 @@ class _Scope:
         self.order: list[_Entry] = []
         self._memo: dict[tuple, Any] = {}
         self._busy: set[tuple] = set()
-        ex.count(len(entries) + 1, path)
+        ex.count(len(entries) + 1, path, trail)
         for i, e in enumerate(entries):
             epath = path + (i,)
             try:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from flowgraph.errors import Issue, Location, suggest
+from flowgraph.errors import Issue, Location, close_matches, suggest
 
 __all__ = ["clip", "model_keys", "validation_issues"]
 
@@ -88,8 +88,17 @@ def validation_issues(error: ValidationError, model: type[BaseModel] | None,
     message (an op name, say).
     """
     issues = []
-    for err in error.errors(include_url=False):
+    errors = error.errors(include_url=False)
+    typos = set()  # `nmae: x` also makes `name` missing: report the typo only
+    for err in errors:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        if err["type"] == "extra_forbidden" and loc:
+            for close in close_matches(loc[-1], model_keys(model, loc[:-1]), n=1):
+                typos.add(loc[:-1] + (close,))
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        if err["type"] == "missing" and loc in typos:
+            continue
         where = locate(prefix + loc)
         head = f"{label}: " if label else ""
         if err["type"] == "extra_forbidden" and loc:
