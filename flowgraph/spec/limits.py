@@ -35,7 +35,7 @@ class SpecLimits:
     max_file_bytes: int = 1_000_000       # one spec file (and a spec text from a checkpoint)
     max_extends: int = 8                  # `extends:` chain length
     max_depth: int = 64                   # YAML nesting, counted through aliases
-    max_yaml_nodes: int = 200_000         # YAML values after alias expansion
+    max_yaml_nodes: int = 50_000          # YAML values after alias expansion (shipped: < 1,000)
     max_aliases: int = 10_000             # `*alias` uses in one file
     max_int_digits: int = 18              # every integer: |n| < 10**18 (fits int64)
     max_str_len: int = 100_000            # one string, in YAML or computed
@@ -43,8 +43,8 @@ class SpecLimits:
     max_expr_chars: int = 2_000           # source of one `${...}`
     max_expr_nodes: int = 500             # syntax-tree nodes of one `${...}`
     max_expr_depth: int = 32              # syntax-tree nesting of one `${...}`
-    max_expr_steps: int = 1_000_000       # evaluation steps (values built) of one `${...}`
-    max_nodes: int = 100_000              # op nodes plus repeat iterations after expansion
+    max_expr_steps: int = 250_000         # evaluation steps of all `${...}` of a spec (shipped: ~3 per node)
+    max_nodes: int = 20_000               # entries, instances and iterations (shipped: < 400)
     max_issues: int = 200                 # problems reported before giving up
 
     def replace(self, **changes: int) -> SpecLimits:

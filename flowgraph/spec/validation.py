@@ -80,15 +80,21 @@ def model_keys(model: type[BaseModel] | None, path: tuple) -> list[str]:
 
 def validation_issues(error: ValidationError, model: type[BaseModel] | None,
                       locate: Callable[[tuple], Location], rule: str = "schema",
-                      prefix: tuple = (), node: str | None = None, label: str = ""
-                      ) -> list[Issue]:
+                      prefix: tuple = (), node: str | None = None, label: str = "",
+                      max_issues: int = 100) -> list[Issue]:
     """One `Issue` per pydantic error; `prefix` is where the validated value sits in the spec.
 
     `locate` maps a spec path to a `Location` (e.g. `SourceMap.locate`); `label` starts each
-    message (an op name, say).
+    message (an op name, say). At most `max_issues` are kept (plus one saying so).
     """
-    issues = []
+    issues: list[Issue] = []
     errors = error.errors(include_url=False)
+    if len(errors) > max_issues:
+        more = len(errors) - max_issues
+        errors = errors[:max_issues]
+        issues.append(Issue(rule, f"{label + ': ' if label else ''}{more:,} more problems "
+                            "like the ones below are not listed", node=node,
+                            location=locate(prefix)))
     typos = set()  # `nmae: x` also makes `name` missing: report the typo only
     for err in errors:
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
