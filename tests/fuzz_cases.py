@@ -27,6 +27,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_DIRS = ("", "ablations")  # specs/train holds training configs, not flow specs
 TIME_BUDGET_S = 2.0
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 TINY_PARAMS = 50_000
 
 
@@ -223,14 +225,17 @@ def _text_mutation(text: str, rng: random.Random) -> tuple[str, str]:
     return kind, "\n".join(lines)
 
 
-def _paths(node: Any, path: tuple = ()) -> list[tuple]:
-    out = [path]
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out += _paths(v, path + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _paths(v, path + (i,))
+def _paths(root: Any, limit: int = 5000) -> list[tuple]:
+    """Key paths of a loaded document, breadth first, at most `limit` (mutants can be bombs)."""
+    out: list[tuple] = []
+    todo = [((), root)]
+    while todo and len(out) < limit:
+        path, node = todo.pop(0)
+        out.append(path)
+        if len(path) < 40 and isinstance(node, dict):
+            todo += [(path + (k,), v) for k, v in node.items()]
+        elif len(path) < 40 and isinstance(node, list):
+            todo += [(path + (i,), v) for i, v in enumerate(node)]
     return out
 
 
@@ -313,16 +318,20 @@ def make_case(seed: int) -> Case:
     overrides: list[str] = []
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
         if rng.random() < 0.5:
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError:
+            try:  # the harness's own reading of a mutant may fail in any way
+                data = yaml.load(text, Loader=_LOADER)
+            except Exception:  # noqa: BLE001
                 data = None
             if isinstance(data, dict) and data:
-                kind, data, more = _tree_mutation(data, rng)
+                try:
+                    kind, data, more = _tree_mutation(data, rng)
+                except Exception:  # noqa: BLE001 - a mutant too odd to mutate further
+                    kinds.append("tree-skipped")
+                    continue
                 overrides += more
                 try:
-                    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-                except (yaml.YAMLError, RecursionError, ValueError):
+                    text = yaml.dump(data, Dumper=_DUMPER, sort_keys=False, allow_unicode=True)
+                except Exception:  # noqa: BLE001
                     pass
                 kinds.append(kind)
                 continue

@@ -12,6 +12,7 @@ located `SpecError` in bounded time and memory.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -176,7 +177,11 @@ def _read_raw(path: Path, limits: SpecLimits, chain: tuple[str, ...] = ()
     if str(target) in chain + (str(path.resolve()),):
         raise SpecError([Issue("extends", "'extends' loops back to a file that extends it",
                                location=where, found=clip(repr(parent)))])
-    base, base_map = _read_raw(target, limits, chain + (str(path.resolve()),))
+    try:
+        base, base_map = _read_raw(target, limits, chain + (str(path.resolve()),))
+    except SpecError as e:  # say which `extends:` led there
+        raise SpecError([dataclasses.replace(i, context=i.context + (f"extended from {where}",))
+                         for i in e.issues]) from None
     smap.update(base_map, only_missing=True)
     return _merge(base, data, smap), smap
 
