@@ -402,9 +402,9 @@ def hostile_cases() -> list[Case]:
     for value in ["[" * 200 + "]" * 200, "9" * 5000, "{a: " * 100 + "1" + "}" * 100, "\x07",
                   "*a", "&a [*a]", "1e999999", "'" + "x" * 2_000_000 + "'"]:
         cases.append(Case(f"hostile:set={value[:12]!r}", "", (ROOT / "specs" / "glow.yaml")
-                          .read_bytes(), [f"levels={value}"]))
+                          .read_bytes(), [f"steps={value}"]))
     cases.append(Case("hostile:set-typo", "", (ROOT / "specs" / "glow.yaml").read_bytes(),
-                      ["levles=2"]))
+                      ["setps=2"]))
     return cases
 
 

@@ -127,7 +127,7 @@ class _Scope:
         self.order: list[_Entry] = []
         self._memo: dict[tuple, Any] = {}
         self._busy: set[tuple] = set()
-        ex.count(len(entries) + 1, path, trail)
+        ex.count(max(len(entries), 1), path, trail)
         for i, e in enumerate(entries):
             epath = path + (i,)
             try:
@@ -233,8 +233,8 @@ class _Scope:
             raise _Skip
         ex = self.ex
         if ex.resolving >= ex.limits.max_depth:  # bounds the recursion of lazy resolution
-            ex.limit("max_depth", "references resolve through more nested or chained entries "
-                     "than allowed (list entries before their users)", e.path, self.trail)
+            ex.limit("max_depth", "references resolve through more nested, chained or skipped "
+                     "entries than allowed", e.path, self.trail)
             raise _Skip
         self._busy.add(key)
         ex.resolving += 1
