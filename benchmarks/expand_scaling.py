@@ -45,7 +45,7 @@ def run(n: int, check: bool) -> None:
     assert not issues, issues[:3]
     tracemalloc.start()
     spec, smap = parse_spec_text(text, "scaling.yaml", limits=limits)
-    again, _ = expand(spec, smap, limits=limits)
+    expand(spec, smap, limits=limits)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     line = f"{len(program.nodes):>7} nodes: read+expand {dt:6.3f} s, peak {peak / 2**20:7.1f} MiB"

@@ -13,6 +13,7 @@ resolves) plus `--set` items. `run_case` classifies it:
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
 import shutil
@@ -209,7 +210,7 @@ def _text_mutation(text: str, rng: random.Random) -> tuple[str, str]:
         lines[i] = (" " * rng.choice([1, 2, 4]) + lines[i]) if rng.random() < 0.5 else \
             lines[i].lstrip()
     elif kind == "snippet":
-        name, doc = rng.choice(hostile_documents()[:20])
+        _, doc = rng.choice(hostile_documents()[:20])
         snippet = doc.decode("utf-8", "surrogatepass")[:20_000]
         lines.insert(rng.randrange(n + 1), snippet.replace("\n", "\n" + " " * rng.choice([0, 2])))
     elif kind == "expr":
@@ -329,10 +330,8 @@ def make_case(seed: int) -> Case:
                     kinds.append("tree-skipped")
                     continue
                 overrides += more
-                try:
+                with contextlib.suppress(Exception):  # keep the text if it cannot be dumped
                     text = yaml.dump(data, Dumper=_DUMPER, sort_keys=False, allow_unicode=True)
-                except Exception:  # noqa: BLE001
-                    pass
                 kinds.append(kind)
                 continue
         kind, text = _text_mutation(text, rng)
@@ -349,7 +348,7 @@ def hostile_cases() -> list[Case]:
             "outputs: {z: {from: r}}\n")
     node = "{id: r, op: actnorm, in: x}"
     shaped = {
-        "repeat-1e8": f"nodes:\n  - {{id: r, repeat: 100000000, op: actnorm, in: x}}\n",
+        "repeat-1e8": "nodes:\n  - {id: r, repeat: 100000000, op: actnorm, in: x}\n",
         "repeat-nested": "nodes:\n  - id: r\n    repeat: 10000\n    in: x\n    body:\n"
                          "      - {id: a, repeat: 10000, op: actnorm, in: \"${input}\"}\n",
         "repeat-nested3": "nodes:\n  - id: r\n    repeat: 1000\n    in: x\n    body:\n"

@@ -42,9 +42,9 @@ def test_file_size_is_refused_after_reading_at_most_the_limit(tmp_path):
     big.write_bytes(b"a: " + b"x" * 2_000_000)
     err = refused(read_spec, big, limit="max_file_bytes")
     assert str(big) in str(err)
-    with use_limits(SpecLimits().replace(max_file_bytes=3_000_000, max_str_len=3_000_000)):
-        with pytest.raises(SpecError, match="schema"):  # read, then found not to be a spec
-            read_spec(big)
+    raised = SpecLimits().replace(max_file_bytes=3_000_000, max_str_len=3_000_000)
+    with use_limits(raised), pytest.raises(SpecError, match="schema"):  # read: not a spec
+        read_spec(big)
     refused(parse_spec_text, "a: " + "x" * 2_000_000, "ckpt", limit="max_file_bytes")
 
 
@@ -212,8 +212,8 @@ def test_interpolated_text_and_value_depth():
 
 @pytest.mark.parametrize("body", [
     "  - {id: r, repeat: 100000000, op: actnorm, in: x}\n",
-    "  - id: r\n    repeat: 10000\n    in: x\n    body:\n"
-    "      - {id: a, repeat: 10000, op: actnorm, in: \"${input}\"}\n",
+    ("  - id: r\n    repeat: 10000\n    in: x\n    body:\n"
+     "      - {id: a, repeat: 10000, op: actnorm, in: \"${input}\"}\n"),
 ])
 def test_node_count_is_refused_during_expansion(body):
     t0 = time.perf_counter()

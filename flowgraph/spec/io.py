@@ -113,7 +113,7 @@ def _check_text(text: str, name: str, limits: SpecLimits) -> str:
     if len(data) > limits.max_file_bytes:
         raise SpecError([limit_issue("max_file_bytes", "the spec text is larger than allowed",
                                      Location((), name), limits=limits)])
-    return text[1:] if text.startswith("\ufeff") else text
+    return text.removeprefix("\ufeff")
 
 
 def _names_used(value: Any, out: set[str]) -> None:

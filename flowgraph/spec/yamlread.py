@@ -76,7 +76,7 @@ def decode_text(data: bytes, file: str) -> str:
         raise _fail("encoding", "a spec is UTF-8 text", file, line,
                     found=f"byte 0x{data[e.start]:02x} at offset {e.start}",
                     hint="save the file as UTF-8") from None
-    return text[1:] if text.startswith("\ufeff") else text
+    return text.removeprefix("\ufeff")
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
