@@ -8,7 +8,8 @@ resolves) plus `--set` items. `run_case` classifies it:
 - ``spec-error``: a `SpecError` whose issues are all located (file, and line when known);
 - ``unlocated``: a `SpecError` with an issue that says nowhere;
 - ``unhandled``: any other exception (a bug: the traceback is kept);
-- ``slow``: finished, but over the per-case time budget (the runner's watchdog adds ``hang``).
+- ``slow``: finished, but over the per-case budget of CPU time (CPU, not wall-clock time, so
+  that a busy machine does not make cases fail; the runner's watchdog adds ``hang``).
 """
 
 from __future__ import annotations
@@ -452,7 +453,7 @@ def run_case(case: Case, specs: Path, build: bool = True) -> Outcome:
     from flowgraph.spec.io import read_spec
 
     path = write_case(case, specs)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     params = None
     try:
         try:
@@ -461,7 +462,7 @@ def run_case(case: Case, specs: Path, build: bool = True) -> Outcome:
             if issues:
                 raise SpecError(issues)
         except SpecError as e:
-            dt = time.perf_counter() - t0
+            dt = time.process_time() - t0
             if not any(_located(i) for i in e.issues):
                 return Outcome("unlocated", dt, str(e)[:2000])
             return Outcome("slow" if dt > TIME_BUDGET_S else "spec-error", dt,
@@ -470,9 +471,9 @@ def run_case(case: Case, specs: Path, build: bool = True) -> Outcome:
         if build and params < TINY_PARAMS:
             round_trip(analysis)
     except Exception:  # noqa: BLE001 - classifying every failure is the point
-        return Outcome("unhandled", time.perf_counter() - t0, traceback.format_exc()[-4000:],
+        return Outcome("unhandled", time.process_time() - t0, traceback.format_exc()[-4000:],
                        params)
-    dt = time.perf_counter() - t0
+    dt = time.process_time() - t0
     return Outcome("slow" if dt > TIME_BUDGET_S else "compiled", dt, "", params)
 
 
