@@ -99,6 +99,20 @@ class _Stop(Exception):
     """Expansion gives up (a limit was reached); its issue has been recorded."""
 
 
+def _holds_expr(value: Any) -> bool:
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            if "${" in v:
+                return True
+        elif isinstance(v, Mapping):
+            todo += list(v.keys()) + list(v.values())
+        elif isinstance(v, (list, tuple)):
+            todo += v
+    return False
+
+
 def _path_str(path: tuple) -> str:
     out = ""
     for p in path:
@@ -432,6 +446,7 @@ class _Expander:
         self.global_vars: dict[str, Any] = {}
         self.created = 0  # entries, instances and iterations so far (bounded by max_nodes)
         self.resolving = 0  # depth of lazy output resolution
+        self._static_memo: dict[int, tuple[Any, bool]] = {}
 
     def issue(self, rule: str, message: str, path: tuple, node: str | None = None,
               found: str | None = None, hint: str | None = None, trail: tuple = ()) -> None:
@@ -466,6 +481,8 @@ class _Expander:
 
         `bind`: the value becomes a variable (template argument), so views stay views.
         """
+        if type(value) in (dict, list) and self._static(value):
+            return value  # e.g. params without `${...}`: shared, never copied per node
         try:
             return substitute(value, vars, self.budget, views=bind)
         except ExprLimitError as err:
@@ -474,6 +491,13 @@ class _Expander:
         except ExprError as err:
             self.issue("expression", str(err), path, trail=trail)
             raise _Skip from None
+
+    def _static(self, value: dict | list) -> bool:
+        """Whether `value` holds no `${...}` at all (checked once per spec object)."""
+        key = id(value)
+        if key not in self._static_memo:
+            self._static_memo[key] = (value, not _holds_expr(value))  # keeps the id valid
+        return self._static_memo[key][1]
 
     def run(self) -> Program:
         try:
