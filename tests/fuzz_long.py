@@ -120,7 +120,11 @@ class Runner:
                 rss = self.rss_mb()
                 self.stop()
                 return (f"#{index}", [], kind, round(elapsed, 3), f"rss {rss:.0f} MB")
-        return self.conn.recv()
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):  # the worker died (poll reports a closed pipe as ready)
+            self.stop()
+            return (f"#{index}", [], "crash", round(time.monotonic() - t0, 3), "worker died")
 
 
 def main() -> int:
