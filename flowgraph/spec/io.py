@@ -137,7 +137,7 @@ def _merge(base: dict, child: dict, smap: SourceMap) -> dict:
             out[k] = {**out[k], **v}
         else:
             out[k] = v
-    base_args, child_args = base.get("args"), child.get("args")
+    base_args, child_args = base.get("args") or {}, child.get("args")
     if isinstance(base_args, Mapping) and isinstance(child_args, Mapping):
         new = [k for k in child_args if k not in base_args]
         if new:
@@ -147,7 +147,7 @@ def _merge(base: dict, child: dict, smap: SourceMap) -> dict:
             issues = [Issue("unknown-arg", f"the base spec has no argument {clip(repr(k))} "
                             "and nothing here uses it", location=smap.locate(("args", k)),
                             hint=suggest(k, base_args) or
-                            f"arguments: {', '.join(sorted(map(str, base_args)))}")
+                            f"arguments: {', '.join(sorted(map(str, base_args))) or '(none)'}")
                       for k in new if k not in used]
             if issues:
                 raise SpecError(issues)
