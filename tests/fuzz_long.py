@@ -39,7 +39,7 @@ def _peak_rss_mb() -> float:
     return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
 
 
-def _worker(conn: mp.connection.Connection, workdir: str) -> None:
+def _worker(conn: mp.connection.Connection, workdir: str, build_every: int) -> None:
     import fuzz_cases as fc
 
     from flowgraph.cli.main import main
@@ -60,7 +60,7 @@ def _worker(conn: mp.connection.Connection, workdir: str) -> None:
         with contextlib.suppress(OSError):
             Path("/proc/self/clear_refs").write_text("5")
         rss0 = _peak_rss_mb()
-        out = fc.run_case(case, specs)
+        out = fc.run_case(case, specs, build=index % build_every == 0)
         grown = _peak_rss_mb() - rss0
         kind, detail = out.kind, out.detail
         if kind in ("compiled", "spec-error") and grown > MEMORY_BUDGET_MB:
@@ -80,15 +80,15 @@ def _worker(conn: mp.connection.Connection, workdir: str) -> None:
 
 
 class Runner:
-    def __init__(self, hang: float, max_rss_mb: int):
-        self.hang, self.max_rss_mb = hang, max_rss_mb
+    def __init__(self, hang: float, max_rss_mb: int, build_every: int):
+        self.hang, self.max_rss_mb, self.build_every = hang, max_rss_mb, build_every
         self.ctx = mp.get_context("spawn")
         self.proc: mp.Process | None = None
 
     def start(self) -> None:
         self.workdir = tempfile.mkdtemp(prefix="fuzz-long-")
         self.conn, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(target=_worker, args=(child, self.workdir), daemon=True)
+        self.proc = self.ctx.Process(target=_worker, args=(child, self.workdir, self.build_every), daemon=True)
         self.proc.start()
         if not self.conn.poll(300):
             raise RuntimeError("fuzz worker did not start")
@@ -135,12 +135,16 @@ def main() -> int:
     p.add_argument("--hang", type=float, default=10.0)
     p.add_argument("--max-rss-mb", type=int, default=2048)
     p.add_argument("--out", default=None, help="JSON file for counts and failing cases")
+    p.add_argument("--no-hostile", action="store_true", help="mutants only (e.g. a second shard)")
+    p.add_argument("--build-every", type=int, default=1,
+                   help="build and run every Nth tiny compiled case (1: all)")
     args = p.parse_args()
     import fuzz_cases as fc
 
-    jobs = [(i, i) for i in range(len(fc.hostile_cases()))]
-    jobs += [(len(jobs) + k, args.start + k) for k in range(args.count)]
-    runner = Runner(args.hang, args.max_rss_mb)
+    n_hostile = 0 if args.no_hostile else len(fc.hostile_cases())
+    jobs = [(i, i) for i in range(n_hostile)]
+    jobs += [(len(fc.hostile_cases()) + k, args.start + k) for k in range(args.count)]
+    runner = Runner(args.hang, args.max_rss_mb, args.build_every)
     counts: collections.Counter = collections.Counter()
     bad: list[dict] = []
     t0 = time.time()
@@ -161,7 +165,8 @@ def main() -> int:
                       flush=True)
     finally:
         runner.stop()
-    summary = {"cases": len(jobs), "hostile": len(fc.hostile_cases()), "mutants": args.count,
+    summary = {"cases": len(jobs), "hostile": n_hostile, "mutants": args.count,
+               "first_seed": args.start, "build_every": args.build_every,
                "seconds": round(time.time() - t0), "counts": dict(counts), "failures": bad}
     print(json.dumps({k: v for k, v in summary.items() if k != "failures"}, indent=1))
     if args.out:
