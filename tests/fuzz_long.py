@@ -141,9 +141,10 @@ def main() -> int:
     args = p.parse_args()
     import fuzz_cases as fc
 
-    n_hostile = 0 if args.no_hostile else len(fc.hostile_cases())
+    hostile = [c.name for c in fc.hostile_cases()]
+    n_hostile = 0 if args.no_hostile else len(hostile)
     jobs = [(i, i) for i in range(n_hostile)]
-    jobs += [(len(fc.hostile_cases()) + k, args.start + k) for k in range(args.count)]
+    jobs += [(len(hostile) + k, args.start + k) for k in range(args.count)]
     runner = Runner(args.hang, args.max_rss_mb, args.build_every)
     counts: collections.Counter = collections.Counter()
     bad: list[dict] = []
@@ -152,8 +153,7 @@ def main() -> int:
         for n, (index, seed) in enumerate(jobs):
             name, overrides, kind, seconds, detail = runner.run(index, seed)
             if name.startswith("#"):  # the worker was killed: name the case here
-                name = (fc.hostile_cases()[seed].name if index < len(fc.hostile_cases())
-                        else f"mutant seed {seed}")
+                name = hostile[seed] if index < len(hostile) else f"mutant seed {seed}"
             counts[kind] += 1
             if kind not in ("compiled", "spec-error"):
                 bad.append({"case": name, "overrides": overrides, "outcome": kind,
