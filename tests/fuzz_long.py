@@ -23,6 +23,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -99,6 +100,7 @@ class Runner:
             self.proc.kill()
             self.proc.join()
             self.proc = None
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def rss_mb(self) -> float:
         try:
