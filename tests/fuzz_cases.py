@@ -5,8 +5,9 @@ mode). A case is a file written next to the shipped specs (in a private copy, so
 resolves) plus `--set` items. `run_case` classifies it:
 
 - ``compiled``: the static checks pass (tiny specs are also built and run both ways);
-- ``spec-error``: a `SpecError` whose issues are all located (file, and line when known);
-- ``unlocated``: a `SpecError` with an issue that says nowhere;
+- ``spec-error``: a `SpecError` with at least one located issue (file, and line when known);
+- ``usage-error``: a malformed ``--set`` item (the CLI's usage error, exit status 2);
+- ``unlocated``: a `SpecError` none of whose issues says where;
 - ``unhandled``: any other exception (a bug: the traceback is kept);
 - ``slow``: finished, but over the per-case budget of CPU time (CPU, not wall-clock time, so
   that a busy machine does not make cases fail; the runner's watchdog adds ``hang``).
@@ -447,7 +448,7 @@ def _located(issue: Any) -> bool:
 
 def run_case(case: Case, specs: Path, build: bool = True) -> Outcome:
     """Read, check and (when tiny) build and run one case; never raises."""
-    from flowgraph.cli.common import parse_overrides
+    from flowgraph.cli.common import CliUsageError, parse_overrides
     from flowgraph.errors import SpecError
     from flowgraph.graph import check_spec
     from flowgraph.spec.io import read_spec
@@ -461,6 +462,8 @@ def run_case(case: Case, specs: Path, build: bool = True) -> Outcome:
             analysis, issues = check_spec(spec, smap)
             if issues:
                 raise SpecError(issues)
+        except CliUsageError as e:  # a malformed --set item: exit status 2, names the option
+            return Outcome("usage-error", time.process_time() - t0, str(e)[:300])
         except SpecError as e:
             dt = time.process_time() - t0
             if not any(_located(i) for i in e.issues):

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 MEMORY_BUDGET_MB = 512
+ACCEPTED = ("compiled", "spec-error", "usage-error")
 
 
 def _peak_rss_mb() -> float:
@@ -64,9 +65,9 @@ def _worker(conn: mp.connection.Connection, workdir: str, build_every: int) -> N
         out = fc.run_case(case, specs, build=index % build_every == 0)
         grown = _peak_rss_mb() - rss0
         kind, detail = out.kind, out.detail
-        if kind in ("compiled", "spec-error") and grown > MEMORY_BUDGET_MB:
+        if kind in ACCEPTED and grown > MEMORY_BUDGET_MB:
             kind, detail = "memory", f"peak grew by {grown:.0f} MB"
-        if kind in ("compiled", "spec-error") and index % 10 == 0:
+        if kind in ACCEPTED and index % 10 == 0:
             path = fc.write_case(case, specs)
             sets = [a for item in case.overrides for a in ("--set", item)]
             err = io.StringIO()
@@ -157,7 +158,7 @@ def main() -> int:
             if name.startswith("#"):  # the worker was killed: name the case here
                 name = hostile[seed] if index < len(hostile) else f"mutant seed {seed}"
             counts[kind] += 1
-            if kind not in ("compiled", "spec-error"):
+            if kind not in ACCEPTED:
                 bad.append({"case": name, "overrides": overrides, "outcome": kind,
                             "seconds": seconds, "detail": detail})
                 print(f"[{kind}] {name} {overrides} {seconds:.2f}s\n    "
@@ -173,7 +174,7 @@ def main() -> int:
     print(json.dumps({k: v for k, v in summary.items() if k != "failures"}, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1))
-    return 0 if set(counts) <= {"compiled", "spec-error"} else 1
+    return 0 if set(counts) <= set(ACCEPTED) else 1
 
 
 if __name__ == "__main__":

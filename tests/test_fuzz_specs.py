@@ -92,7 +92,7 @@ def check(case: Case, specs: Path) -> None:
     with watchdog(HANG_S):
         outcome = run_case(case, specs)
     grown = peak_memory() - rss
-    assert outcome.kind in ("compiled", "spec-error"), (
+    assert outcome.kind in ("compiled", "spec-error", "usage-error"), (
         f"{case.name} {case.overrides}: {outcome.kind} after {outcome.seconds:.2f} s\n"
         f"{outcome.detail}")
     assert outcome.seconds < TIME_BUDGET_S, f"{case.name}: {outcome.seconds:.2f} s"
