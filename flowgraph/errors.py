@@ -2,9 +2,25 @@ r"""Errors and the `Issue` record that every spec and graph check reports."""
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["FlowgraphError", "Issue", "Location", "ShapeError", "SpecError"]
+__all__ = ["FlowgraphError", "Issue", "Location", "ShapeError", "SpecError", "close_matches",
+           "suggest"]
+
+
+def close_matches(name: object, candidates: Iterable[object], n: int = 3) -> list[str]:
+    """Candidates that look like `name` (a typo), best first."""
+    if not isinstance(name, str):
+        return []
+    return difflib.get_close_matches(name, [str(c) for c in candidates], n=n, cutoff=0.6)
+
+
+def suggest(name: object, candidates: Iterable[object]) -> str | None:
+    """``"did you mean 'growth'?"`` for a misspelt `name`, or None when nothing is close."""
+    close = close_matches(name, candidates)
+    return f"did you mean {' or '.join(map(repr, close))}?" if close else None
 
 
 @dataclass(frozen=True)

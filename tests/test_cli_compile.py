@@ -72,6 +72,24 @@ def test_missing_file_and_unknown_override(capsys, tmp_path):
     assert code == 2 and "cannot read spec file" in err
     code, _, err = run(capsys, "compile", DENSEFLOW, "--set", "sise=64")
     assert code == 2 and "sise" in err and "size" in err
+    code, _, err = run(capsys, "compile", DENSEFLOW, "--set", "grwoth=10")
+    assert code == 2 and "did you mean 'growth'?" in err and "Traceback" not in err
+    assert "channels" not in err  # a suggestion, not the list of every argument
+
+
+@pytest.mark.parametrize("text, rule", [
+    ("a: &a [*a]\n", "yaml"),
+    ("l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 10)), "limit"),
+    ("flowgraph: " + "1" * 5000 + "\n", "limit"),
+    ("extends: /dev/zero\n", "file"),
+])
+def test_hostile_files_exit_2_with_a_located_message(capsys, tmp_path, text, rule):
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    code, _, err = run(capsys, "compile", f)
+    assert code == 2 and f"[{rule}]" in err and f"{f}" in err
+    assert "Traceback" not in err and "internal error" not in err
 
 
 def test_emit_code_and_print_spec(capsys):

@@ -110,6 +110,23 @@ def test_unknown_key_is_reported_with_its_line():
     (issue,) = e.value.issues
     assert issue.rule == "schema" and issue.location.line == 3
     assert "nmae" in issue.location.path_str()
+    assert issue.message == "unknown key 'nmae'" and issue.hint == "did you mean 'name'?"
+
+
+@pytest.mark.parametrize("old, new, path, close", [
+    ("name: vec", "nmae: vec", "nmae", "name"),  # a typo of a required key: one issue, not two
+    ("in: norm,", "in: norm, conditon: x,", "templates.step.nodes[1].conditon", "condition"),
+    ("args: {hidden: 8}", "args: {hidden: 8}\n    inptus: [x]", "templates.step.inptus",
+     "inputs"),
+    ("z: {from: s}", "z: {form: s}", "outputs.z.form", "from"),
+    ("x: {shape: [4]}", "x: {shap: [4]}", "inputs.x.shap", "shape"),
+])
+def test_misspelt_spec_and_node_keys_get_a_suggestion(old, new, path, close):
+    with pytest.raises(SpecError) as e:
+        parse_spec(VECTOR.replace(old, new), "t.yaml")
+    (issue,) = e.value.issues
+    assert issue.location.path_str() == path and issue.location.line is not None
+    assert issue.hint == f"did you mean {close!r}?"
 
 
 def test_bad_yaml_and_duplicate_keys():
@@ -163,7 +180,39 @@ def test_unknown_template_and_argument():
     _, issues = expand(*parse_spec(VECTOR.replace("use: step", "use: stp")))
     assert issues[0].rule == "unknown-template" and "step" in issues[0].hint
     _, issues = expand(*parse_spec(VECTOR.replace("with: {hidden:", "with: {hiden:")))
-    assert issues[0].rule == "template-args" and "hidden" in issues[0].hint
+    assert issues[0].rule == "template-args" and issues[0].hint == "did you mean 'hidden'?"
+    assert issues[0].location.path_str() == "nodes[0].with.hiden"
+
+
+def test_misspelt_argument_of_an_extending_spec_is_an_error(tmp_path):
+    (tmp_path / "base.yaml").write_text(VECTOR)
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: base.yaml\nname: child\nargs: {setps: 5}\n")
+    with pytest.raises(SpecError) as e:
+        read_spec(child)
+    (issue,) = e.value.issues
+    assert issue.rule == "unknown-arg" and issue.hint == "did you mean 'steps'?"
+    assert (issue.location.file, issue.location.line) == (str(child), 3)
+    # a new argument that the child itself uses is fine
+    child.write_text("extends: base.yaml\nname: child\nargs: {n2: 2}\n"
+                     "nodes:\n  - {id: s, repeat: \"${n2}\", use: step, in: x}\n")
+    assert read_spec(child)[0].args["n2"] == 2
+
+
+def test_op_parameter_typos_can_be_reported_with_a_suggestion():
+    from pydantic import ValidationError
+
+    from flowgraph.errors import Location
+    from flowgraph.ops import DEFAULT_REGISTRY
+    from flowgraph.spec.validation import validation_issues
+
+    op = DEFAULT_REGISTRY.get("affine_coupling")
+    with pytest.raises(ValidationError) as e:
+        op.parse({"net": {"kind": "mlp", "hiden": [8]}})
+    (issue,) = validation_issues(e.value, op.Params, lambda p: Location(p, "f.yaml", 7),
+                                 rule="param", prefix=("params",), node="c", label=op.name)
+    assert issue.message == "affine_coupling: unknown key 'hiden'"
+    assert issue.hint == "did you mean 'hidden'?" and issue.node == "c"
 
 
 def test_extends_and_overrides(tmp_path):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import yaml
-
 from flowgraph.errors import FlowgraphError
+from flowgraph.spec.io import parse_value_text
 
 __all__ = ["CliUsageError", "add_spec_args", "parse_assignments", "parse_overrides"]
 
@@ -25,17 +24,17 @@ class CliUsageError(FlowgraphError):
 
 
 def parse_assignments(items: list[str], option: str = "--set") -> dict[str, Any]:
-    """`KEY=VALUE` items (values read as YAML) -> a dict; errors name the option."""
+    """`KEY=VALUE` items (values read as YAML, under the spec limits) -> a dict.
+
+    A bad value is a `SpecError` located at ``--set KEY``, so `main` exits with status 2.
+    """
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise CliUsageError(f"{option} expects KEY=VALUE. Got {item!r}.")
-        try:
-            out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise CliUsageError(f"{option} {key}: value is not valid YAML. Got {value!r}."
-                                ) from None
+            shown = item if len(item) <= 80 else item[:77] + "..."
+            raise CliUsageError(f"{option} expects KEY=VALUE. Got {shown!r}.")
+        out[key.strip()] = parse_value_text(value, f"{option} {key.strip()[:80]}")
     return out
 
 

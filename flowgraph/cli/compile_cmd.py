@@ -17,11 +17,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="validate a spec; print shapes and parameter counts")
     add_spec_args(p)
     p.add_argument("--json", action="store_true", help="machine-readable report")
-    p.add_argument("--depth", type=int, default=None,
+    p.add_argument("--depth", type=_positive, default=None,
                    help="group nodes by the first DEPTH id segments (default: every node)")
     p.add_argument("--print-spec", action="store_true", help="print the normalised spec")
     p.add_argument("--emit-code", action="store_true", help="print the generated module code")
     p.set_defaults(run=run)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text) if len(text) < 10 else 0
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer. Got {text[:20]!r}.")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import sys
 import traceback
 
 from flowgraph.errors import FlowgraphError, SpecError
+from flowgraph.spec.limits import active_limits, use_limits
 
 __all__ = ["build_parser", "main"]
 
@@ -20,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Declarative normalizing flows: compile, train, evaluate, sample, draw and export "
         "flows written as YAML specs."))
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
+    parser.add_argument("--limit", dest="limits", action="append", default=[],
+                        metavar="NAME=N", help="raise (or lower) a spec input limit, e.g. "
+                        "--limit max_nodes=500000 (see docs/limits.md)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for module in (compile_cmd, ops_cmd, schema_cmd):
         module.add_parser(sub)
@@ -41,11 +45,19 @@ def _add_optional(sub: argparse._SubParsersAction) -> None:
         module.add_parser(sub)
 
 
+def _run(args: argparse.Namespace) -> int:
+    if not args.limits:
+        return int(args.run(args) or 0)
+    limits = active_limits().parse(",".join(args.limits), "--limit")
+    with use_limits(limits):
+        return int(args.run(args) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        return _run(args)
     except SpecError as e:
         if getattr(args, "json", False):
             print(json.dumps({"ok": False, "issues": [i.to_dict() for i in e.issues]}, indent=1))

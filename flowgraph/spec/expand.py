@@ -10,26 +10,32 @@ output, or the chain input), ``earlier`` (the chain input and every iteration ou
 ``prev``) and ``history`` (``earlier`` plus ``prev``). DenseFlow's cross-unit coupling reads
 ``${earlier}``: the block input and every earlier unit output except the one it augments.
 A list given as ``repeat`` runs one iteration per item, with the item's keys as variables.
+
+Expansion is linear in its output: ``earlier``/``history`` are views of one shared list, and
+variables are layered (`ChainMap`) rather than copied. Its size is bounded by `SpecLimits`
+(`max_nodes` counts entries, instances and iterations as they are created, so a nested repeat
+of 10**8 is refused after ~`max_nodes` steps), as is expression work (one step budget).
 """
 
 from __future__ import annotations
 
-import difflib
 import keyword
 import re
+from collections import ChainMap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowgraph.errors import Issue
-from flowgraph.spec.expr import ExprError, substitute
+from flowgraph.errors import Issue, suggest
+from flowgraph.spec.expr import Budget, ExprError, ExprLimitError, Prefix, substitute
 from flowgraph.spec.io import SourceMap
+from flowgraph.spec.limits import SpecLimits, active_limits, limit_issue
 from flowgraph.spec.models import FlowSpec, NodeEntry, TemplateSpec
+from flowgraph.spec.validation import clip
 
 __all__ = ["InputDecl", "LatentDecl", "NodeDecl", "Program", "Ref", "expand"]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_MAX_REPEAT = 10_000
 _MAX_DEPTH = 24
 
 
@@ -89,6 +95,24 @@ class _Skip(Exception):
     """An entry cannot be expanded; its issue has been recorded."""
 
 
+class _Stop(Exception):
+    """Expansion gives up (a limit was reached); its issue has been recorded."""
+
+
+def _holds_expr(value: Any) -> bool:
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, str):
+            if "${" in v:
+                return True
+        elif isinstance(v, Mapping):
+            todo += list(v.keys()) + list(v.values())
+        elif isinstance(v, (list, tuple)):
+            todo += v
+    return False
+
+
 def _path_str(path: tuple) -> str:
     out = ""
     for p in path:
@@ -117,6 +141,7 @@ class _Scope:
         self.order: list[_Entry] = []
         self._memo: dict[tuple, Any] = {}
         self._busy: set[tuple] = set()
+        ex.count(max(len(entries), 1), path, trail)
         for i, e in enumerate(entries):
             epath = path + (i,)
             try:
@@ -126,7 +151,7 @@ class _Scope:
                 continue
             if not isinstance(eid, str) or not _IDENT.match(eid) or keyword.iskeyword(eid):
                 ex.issue("id", "node ids are identifiers (letters, digits, _; no dots)", epath,
-                         found=repr(eid))
+                         found=clip(repr(eid)))
                 continue
             if eid in self.local:
                 ex.issue("duplicate-id", f"id {eid!r} is used twice in this node list", epath,
@@ -138,11 +163,9 @@ class _Scope:
 
     # -- helpers ----------------------------------------------------------------------------
     def sub(self, value: Any, path: tuple) -> Any:
-        try:
-            return substitute(value, self.vars)
-        except ExprError as err:
-            self.ex.issue("expression", str(err), path, trail=self.trail)
-            raise _Skip from None
+        if value is True or (type(value) is str and "${" not in value):
+            return value  # most ids, ops and `when`s: skip the calls below
+        return self.ex.sub(value, self.vars, path, self.trail)
 
     def visible(self) -> list[str]:
         names = set(self.local) | set(self.bindings) | set(self.ex.inputs)
@@ -163,7 +186,7 @@ class _Scope:
                 out.append(self.lookup(name, port or None, path))
             else:
                 self.ex.issue("reference", "a reference is a node or input name, optionally "
-                              "with ':port'", path, found=repr(item), trail=self.trail)
+                              "with ':port'", path, found=clip(repr(item)), trail=self.trail)
                 raise _Skip
         return out
 
@@ -191,10 +214,11 @@ class _Scope:
     def lookup(self, name: str, port: str | None, path: tuple) -> Ref:
         ref = self._find(name, port, path)
         if ref is None:
-            close = difflib.get_close_matches(name, self.visible(), n=3, cutoff=0.6)
-            self.ex.issue("reference", f"unknown reference {name!r}", path, found=repr(name),
-                          hint=(f"did you mean {', '.join(map(repr, close))}?" if close else
-                                f"visible here: {', '.join(self.visible()) or '(nothing)'}"),
+            visible = self.visible()
+            self.ex.issue("reference", f"unknown reference {clip(repr(name))}", path,
+                          found=clip(repr(name)),
+                          hint=suggest(name, visible) or
+                          f"visible here: {clip(', '.join(visible) or '(nothing)', 300)}",
                           trail=self.trail)
             raise _Skip
         return ref
@@ -221,10 +245,17 @@ class _Scope:
             self.ex.issue("cycle", f"references loop back to {e.id!r} while resolving it",
                           e.path, node=self.prefix + e.id, trail=self.trail)
             raise _Skip
+        ex = self.ex
+        if ex.resolving >= ex.limits.max_depth:  # bounds the recursion of lazy resolution
+            ex.limit("max_depth", "references resolve through more nested, chained or skipped "
+                     "entries than allowed", e.path, self.trail)
+            raise _Skip
         self._busy.add(key)
+        ex.resolving += 1
         try:
             ref = self._entry_output(e, port)
         finally:
+            ex.resolving -= 1
             self._busy.discard(key)
         self._memo[key] = ref
         return ref
@@ -246,9 +277,15 @@ class _Scope:
             return Ref(last, port) if isinstance(last, str) else last.output(port)
         if ent.op is not None:
             return Ref(self.prefix + e.id, port)
-        child = (self.instance(e, self.vars, None, e.id) if ent.use
-                 else self.group(e, self._group_vars(e), e.id))
-        return child.output(port)
+        return self.child(e).output(port)
+
+    def child(self, e: _Entry) -> _Scope:
+        """The scope of a (non-repeated) instance or group, built once."""
+        key = ("child", e.id)
+        if key not in self._memo:
+            self._memo[key] = (self.instance(e, self.vars, None, e.id) if e.entry.use
+                               else self.group(e, self._group_vars(e), e.id))
+        return self._memo[key]
 
     # -- children -----------------------------------------------------------------------------
     def instance(self, e: _Entry, vars: dict, chain_in: Ref | None, name: str) -> _Scope:
@@ -259,25 +296,27 @@ class _Scope:
             raise _Skip
         tpl: TemplateSpec | None = ex.spec.templates.get(ent.use)
         if tpl is None:
-            close = difflib.get_close_matches(ent.use, list(ex.spec.templates), n=3)
-            ex.issue("unknown-template", f"no template named {ent.use!r}", e.path + ("use",),
-                     hint=(f"did you mean {', '.join(map(repr, close))}?" if close else
-                           f"templates: {', '.join(sorted(ex.spec.templates)) or '(none)'}"),
-                     trail=self.trail)
+            names = sorted(ex.spec.templates)
+            ex.issue("unknown-template", f"no template named {clip(repr(ent.use))}",
+                     e.path + ("use",), hint=suggest(ent.use, names) or
+                     f"templates: {clip(', '.join(names) or '(none)', 300)}", trail=self.trail)
             raise _Skip
         unknown = sorted(set(ent.with_) - set(tpl.args))
         if unknown:
-            ex.issue("template-args", f"template {ent.use!r} has no argument(s) "
-                     f"{', '.join(map(repr, unknown))}", e.path + ("with",),
-                     hint=f"arguments: {', '.join(sorted(tpl.args)) or '(none)'}",
-                     trail=self.trail)
+            for k in unknown:
+                ex.issue("template-args", f"template {ent.use!r} has no argument "
+                         f"{clip(repr(k))}", e.path + ("with", k),
+                         hint=suggest(k, tpl.args) or
+                         f"arguments: {clip(', '.join(sorted(tpl.args)) or '(none)', 300)}",
+                         trail=self.trail)
             raise _Skip
-        tvars = dict(ex.global_vars)
+        targs: dict[str, Any] = {}
+        tvars = ChainMap(targs, ex.global_vars)
         tpath = ("templates", ent.use)
         for k, v in tpl.args.items():
-            tvars[k] = self._sub_in(v, tvars, tpath + ("args", k))
+            targs[k] = self._sub_in(v, tvars, tpath + ("args", k))
         for k, v in ent.with_.items():
-            tvars[k] = self._sub_in(v, vars, e.path + ("with", k))
+            targs[k] = self._sub_in(v, vars, e.path + ("with", k))
         ins = [chain_in] if chain_in is not None else self._resolve_in(e, vars)
         if len(ins) != len(tpl.inputs):
             ex.issue("template-args", f"template {ent.use!r} takes {len(tpl.inputs)} input(s) "
@@ -299,14 +338,10 @@ class _Scope:
         if not e.entry.in_:
             return self.vars
         ref = self.resolve(e.entry.in_, e.path + ("in",))[0]
-        return {**self.vars, "input": ref, "prev": ref}
+        return ChainMap({"input": ref, "prev": ref}, self.vars)
 
-    def _sub_in(self, value: Any, vars: dict, path: tuple) -> Any:
-        try:
-            return substitute(value, vars)
-        except ExprError as err:
-            self.ex.issue("expression", str(err), path, trail=self.trail)
-            raise _Skip from None
+    def _sub_in(self, value: Any, vars: Mapping, path: tuple) -> Any:
+        return self.ex.sub(value, vars, path, self.trail, bind=True)
 
     def _resolve_in(self, e: _Entry, vars: dict) -> list[Ref]:
         saved, self.vars = self.vars, vars
@@ -324,23 +359,25 @@ class _Scope:
         spec = self.sub(ent.repeat, e.path + ("repeat",))
         items: list[dict] = spec if isinstance(spec, list) else None
         n = len(items) if items is not None else spec
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= _MAX_REPEAT:
-            ex.issue("repeat", f"repeat is a count in 0..{_MAX_REPEAT} or a list of mappings",
-                     e.path + ("repeat",), found=repr(spec), trail=self.trail)
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            ex.issue("repeat", "repeat is a count (0 or more) or a list of mappings",
+                     e.path + ("repeat",), found=clip(repr(spec)), trail=self.trail)
             raise _Skip
         if items is not None and not all(isinstance(it, Mapping) for it in items):
             ex.issue("repeat", "a repeat list holds one mapping of variables per iteration",
-                     e.path + ("repeat",), found=repr(spec), trail=self.trail)
+                     e.path + ("repeat",), found=clip(repr(spec)), trail=self.trail)
             raise _Skip
+        ex.count(n, e.path + ("repeat",), self.trail)
         chain_in = self.resolve(ent.in_, e.path + ("in",))[0] if ent.in_ else None
         outs: list = []
         history: list[Ref] = [chain_in] if chain_in is not None else []
         for k in range(n):
             prev = history[-1] if history else None
-            ivars = {**self.vars, **(dict(items[k]) if items is not None else {}),
-                     ent.as_: k, "count": n, "first": k == 0, "last": k == n - 1,
-                     "input": chain_in, "prev": prev, "earlier": history[:-1],
-                     "history": list(history)}
+            own = {**(items[k] if items is not None else {}), ent.as_: k, "count": n,
+                   "first": k == 0, "last": k == n - 1, "input": chain_in, "prev": prev,
+                   "earlier": Prefix(history, max(len(history) - 1, 0)),
+                   "history": Prefix(history, len(history))}
+            ivars = ChainMap(own, self.vars)
             name = f"{e.id}{k}"
             if ent.op is not None:
                 it: Any = self.prefix + name
@@ -373,9 +410,7 @@ class _Scope:
             if ent.op is not None:
                 self._emit_op(e, self.prefix + e.id, self.vars, None)
             else:
-                child = (self.instance(e, self.vars, None, e.id) if ent.use
-                         else self.group(e, self._group_vars(e), e.id))
-                child.emit()
+                self.child(e).emit()
             return
         its = self.iterations(e)
         for k, it in enumerate(its):
@@ -385,7 +420,7 @@ class _Scope:
             else:
                 it.emit()
 
-    def _emit_op(self, e: _Entry, node_id: str, vars: dict, chain_in: Ref | None) -> None:
+    def _emit_op(self, e: _Entry, node_id: str, vars: Mapping, chain_in: Ref | None) -> None:
         ent = e.entry
         saved, self.vars = self.vars, vars
         try:
@@ -401,31 +436,86 @@ class _Scope:
 
 
 class _Expander:
-    def __init__(self, spec: FlowSpec, smap: SourceMap | None):
-        self.spec, self.smap = spec, smap or SourceMap()
+    def __init__(self, spec: FlowSpec, smap: SourceMap | None, limits: SpecLimits):
+        self.spec, self.smap, self.limits = spec, smap or SourceMap(), limits
+        self.budget = Budget(limits)
         self.issues: list[Issue] = []
+        self._seen: set[Issue] = set()
         self.nodes: list[NodeDecl] = []
         self.inputs: dict[str, InputDecl] = {}
         self.global_vars: dict[str, Any] = {}
+        self.created = 0  # entries, instances and iterations so far (bounded by max_nodes)
+        self.resolving = 0  # depth of lazy output resolution
+        self._static_memo: dict[int, tuple[Any, bool]] = {}
 
     def issue(self, rule: str, message: str, path: tuple, node: str | None = None,
               found: str | None = None, hint: str | None = None, trail: tuple = ()) -> None:
         ctx = tuple(f"in {t}" for t in trail)
         issue = Issue(rule, message, node=node, location=self.smap.locate(path), found=found,
                       hint=hint, context=ctx)
-        if issue not in self.issues:  # a lazily resolved entry may be visited twice
-            self.issues.append(issue)
+        if issue in self._seen:  # a lazily resolved entry may be visited twice
+            return
+        self._seen.add(issue)
+        self.issues.append(issue)
+        if len(self.issues) >= self.limits.max_issues:
+            self.issues.append(limit_issue("max_issues", "expansion stopped after this many "
+                                           "problems", None, limits=self.limits))
+            raise _Stop
+
+    def limit(self, name: str, what: str, path: tuple, trail: tuple = ()) -> None:
+        issue = limit_issue(name, what, self.smap.locate(path), limits=self.limits)
+        self.issues.append(Issue(issue.rule, issue.message, location=issue.location,
+                                 hint=issue.hint, context=tuple(f"in {t}" for t in trail)))
+
+    def count(self, n: int, path: tuple, trail: tuple = ()) -> None:
+        """Charge `n` created entries or iterations; refuses before the work is done."""
+        self.created += n
+        if self.created > self.limits.max_nodes:
+            self.limit("max_nodes", "the spec expands to more nodes, instances and "
+                       "repeat iterations than allowed", path, trail)
+            raise _Stop
+
+    def sub(self, value: Any, vars: Mapping, path: tuple, trail: tuple = (),
+            bind: bool = False) -> Any:
+        """`substitute` with every failure recorded at `path` (a limit stops expansion).
+
+        `bind`: the value becomes a variable (template argument), so views stay views.
+        """
+        if type(value) in (dict, list) and self._static(value):
+            return value  # e.g. params without `${...}`: shared, never copied per node
+        try:
+            return substitute(value, vars, self.budget, views=bind)
+        except ExprLimitError as err:
+            self.limit(err.limit, err.what, path, trail)
+            raise _Stop from None
+        except ExprError as err:
+            self.issue("expression", str(err), path, trail=trail)
+            raise _Skip from None
+
+    def _static(self, value: dict | list) -> bool:
+        """Whether `value` holds no `${...}` at all (checked once per spec object)."""
+        key = id(value)
+        if key not in self._static_memo:
+            self._static_memo[key] = (value, not _holds_expr(value))  # keeps the id valid
+        return self._static_memo[key][1]
 
     def run(self) -> Program:
+        try:
+            return self._run()
+        except _Stop:
+            # a partial expansion would only flood the later checks
+            return Program(self.spec.name, self.inputs, [], [], dict(self.global_vars))
+
+    def _run(self) -> Program:
         spec = self.spec
         for k, v in spec.args.items():
             try:
-                self.global_vars[k] = substitute(v, self.global_vars)
-            except ExprError as err:
-                self.issue("expression", str(err), ("args", k))
+                self.global_vars[k] = self.sub(v, self.global_vars, ("args", k))
+            except _Skip:
+                continue
         for name, decl in spec.inputs.items():
             self._input(name, decl)
-        top = _Scope(self, spec.nodes, ("nodes",), "", dict(self.global_vars), {}, None, (),
+        top = _Scope(self, spec.nodes, ("nodes",), "", self.global_vars, {}, None, (),
                      None, 0)
         top.emit()
         latents = []
@@ -434,13 +524,9 @@ class _Expander:
             try:
                 src = top.resolve(lat.from_, path + ("from",))
                 conds = top.resolve(lat.condition, path + ("condition",)) if lat.condition else []
+                prior = lat.prior or spec.base
+                params = self.sub(prior.params, self.global_vars, path + ("prior",))
             except _Skip:
-                continue
-            prior = lat.prior or spec.base
-            try:
-                params = substitute(prior.params, self.global_vars)
-            except ExprError as err:
-                self.issue("expression", str(err), path + ("prior",))
                 continue
             latents.append(LatentDecl(name, src[0], prior.dist, params, tuple(conds), path))
         return Program(spec.name, self.inputs, self.nodes, latents, dict(self.global_vars))
@@ -448,29 +534,33 @@ class _Expander:
     def _input(self, name: str, decl: Any) -> None:
         path = ("inputs", name)
         try:
-            shape = substitute(decl.shape, self.global_vars)
-            bits = substitute(decl.bits, self.global_vars)
-        except ExprError as err:
-            self.issue("expression", str(err), path)
+            shape = self.sub(decl.shape, self.global_vars, path)
+            bits = self.sub(decl.bits, self.global_vars, path)
+        except _Skip:
             return
         if not _IDENT.match(name):
-            self.issue("id", "input names are identifiers", path, found=repr(name))
+            self.issue("id", "input names are identifiers", path, found=clip(repr(name)))
             return
         ok = (isinstance(shape, list) and 1 <= len(shape) <= 3
               and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape))
         if not ok:
             self.issue("shape", "an input shape is [D] or [C, H, W] of positive integers",
-                       path + ("shape",), found=repr(shape))
+                       path + ("shape",), found=clip(repr(shape)))
             return
         if bits is not None and (not isinstance(bits, int) or not 1 <= bits <= 16):
             self.issue("shape", "bits is an integer in 1..16", path + ("bits",),
-                       found=repr(bits))
+                       found=clip(repr(bits)))
             return
         self.inputs[name] = InputDecl(name, tuple(shape), bits, decl.role, path)
 
 
-def expand(spec: FlowSpec, smap: SourceMap | None = None) -> tuple[Program, list[Issue]]:
-    """Expand templates and repeats; returns the program and every issue found."""
-    ex = _Expander(spec, smap)
+def expand(spec: FlowSpec, smap: SourceMap | None = None, *, limits: SpecLimits | None = None
+           ) -> tuple[Program, list[Issue]]:
+    """Expand templates and repeats; returns the program and every issue found.
+
+    Bounded by `limits` (default: `active_limits()`): a spec too large to expand yields a
+    ``limit`` issue, not a long wait.
+    """
+    ex = _Expander(spec, smap, limits or active_limits())
     program = ex.run()
     return program, ex.issues
