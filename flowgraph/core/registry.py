@@ -148,7 +148,14 @@ def _validate_net(value: Any, handler: Any) -> NetParams:
     kind = value["kind"]
     if kind not in nets():
         raise ValueError(nets().unknown_message(kind))
-    return nets().get(kind).Params.model_validate(value)
+    params = nets().get(kind).Params
+    allowed = {f.alias or name for name, f in params.model_fields.items()}
+    for key in value:
+        if key not in allowed:  # pydantic alone would say "extra inputs are not permitted"
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; keys: {', '.join(sorted(allowed))}"
+            raise ValueError(f"unknown key {key!r} for conditioner {kind!r}{hint}")
+    return params.model_validate(value)
 
 
 #: The type of a ``net:`` field: any registered conditioner's parameters, chosen by `kind`.

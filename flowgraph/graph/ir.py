@@ -9,8 +9,8 @@ params with the op's own model; shapes are filled in later by `flowgraph.graph.s
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import networkx as nx
@@ -22,6 +22,7 @@ from flowgraph.core.types import TensorType
 from flowgraph.errors import Issue
 from flowgraph.spec.expand import LatentDecl, NodeDecl, Program, Ref
 from flowgraph.spec.io import SourceMap
+from flowgraph.spec.validation import clip, validation_issues
 
 __all__ = ["FLOW_ATTRIBUTES", "FlowGraph", "GraphNode", "build_graph", "reserved_names"]
 
@@ -139,15 +140,19 @@ class _Builder:
         self.g.add_node(node.id)
         return True
 
-    def parse(self, op: OpDef, params: Any, path: tuple, node_id: str) -> Any:
+    def parse(self, op: OpDef, params: Any, path: tuple, node_id: str,
+              trail: tuple[str, ...] = ()) -> Any:
+        if not isinstance(params, Mapping):
+            self.issue("param", f"{op.name}: params must be a mapping", path, node=node_id,
+                       found=clip(repr(params)), trail=trail)
+            return None
         try:
-            return op.parse(params if isinstance(params, dict) else {})
+            return op.parse(params)
         except ValidationError as e:
-            for err in e.errors(include_url=False):
-                loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-                found = err.get("input")
-                self.issue("param", f"{op.name}: {err['msg']}", path + loc, node=node_id,
-                           found=None if isinstance(found, (dict, list)) else repr(found))
+            ctx = tuple(f"in {t}" for t in trail)
+            self.issues += [replace(i, context=ctx) for i in validation_issues(
+                e, op.Params, self.smap.locate, rule="param", prefix=path, node=node_id,
+                label=op.name)]
             return None
 
     def run(self) -> FlowGraph:
@@ -167,7 +172,8 @@ class _Builder:
                 op = None
             else:
                 op = self.registry.get(decl.op)
-            params = self.parse(op, decl.params, decl.path + ("params",), decl.id) if op else None
+            params = (self.parse(op, decl.params, decl.path + ("params",), decl.id, decl.trail)
+                      if op else None)
             self.add(GraphNode(decl.id, "op", index, decl.path, op, params, decl,
                                trail=decl.trail))
         for lat in self.program.latents:

@@ -115,6 +115,6 @@ def validation_issues(error: ValidationError, model: type[BaseModel] | None,
             continue
         found = err.get("input")
         found_s = None if isinstance(found, (dict, list)) else clip(repr(found))
-        issues.append(Issue(rule, f"{head}{err['msg']}", node=node, location=where,
-                            found=found_s))
+        msg = err["msg"].removeprefix("Value error, ")  # our own validators' messages
+        issues.append(Issue(rule, f"{head}{msg}", node=node, location=where, found=found_s))
     return issues
