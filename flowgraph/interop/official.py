@@ -15,9 +15,10 @@ reported together), copies the tensors and writes a normal flowgraph checkpoint 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,23 @@ def apply_plan(plan: list[MappedTensor], source: Mapping[str, Tensor], flow: tor
 
 # -- the whole import -----------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _no_random_init() -> Iterator[None]:
+    """Skip `torch.nn.init` while the model is built: every parameter is overwritten by the
+    import (`plan_import` proves it), and the orthogonal inits alone cost seconds. Buffers are
+    not made by `torch.nn.init`, so the ones the spec fixes keep their values."""
+    init = torch.nn.init
+    saved = {n: getattr(init, n) for n in dir(init)
+             if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))}
+    try:
+        for name in saved:
+            setattr(init, name, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+
+
 def _with_clamp_none(spec: Any, node_id: str | None) -> Any:
     """The spec with ``clamp: none`` on its dequantization node (a top-level op node)."""
     nodes = list(spec.nodes)
@@ -283,7 +301,8 @@ def import_official(checkpoint: str | Path, spec_path: str | Path, out: str | Pa
     if dequant_clamp == "none":
         spec = _with_clamp_none(spec, mapping.dequantizer)
     source, meta = read_official_checkpoint(checkpoint)
-    flow = compile_spec(spec, smap=smap, seed=0)
+    with _no_random_init():
+        flow = compile_spec(spec, smap=smap, seed=0)
     target = flow.state_dict()
     plan = plan_import(source, target, mapping, spec.args)
     apply_plan(plan, source, flow)
