@@ -282,3 +282,41 @@ def test_cli_reports_what_it_did(monkeypatch, capsys, tmp_path):
     assert seen["overrides"] == {"size": 64} and seen["dequant_clamp"] == "none"
     assert seen["dataset"] == "imagenet64" and seen["training_state"] is True
     assert main(["import", "official", "c.pt", "--spec", str(SPEC)]) == 2  # no -o
+
+
+def test_dequant_clamp_none_is_written_on_the_dequantization_node():
+    from flowgraph.interop.official import _with_clamp_none
+    from flowgraph.spec.io import dump_spec
+
+    spec = _with_clamp_none(read_spec(SPEC)[0], load_mapping(mapping_for_spec(SPEC)).dequantizer)
+    deq = next(n for n in spec.nodes if n.id == "deq")
+    assert deq.params == {"clamp": "none"}
+    assert "clamp: none" in dump_spec(spec)
+
+
+def test_clamp_none_leaves_the_dequantization_noise_as_sampled():
+    from flowgraph.ops.dequantize_variational import (
+        DequantizeVariational,
+        DequantizeVariationalParams,
+    )
+
+    x = torch.tensor([[[[7.0]]]]).expand(1, 3, 2, 2)
+    u = torch.tensor([0.0, 1e-6, 0.5, 1.0 - 1e-6]).repeat(3).view(1, 3, 2, 2)
+    y = {}
+    for clamp in ("margin", "none"):
+        op = DequantizeVariational(3, 2, 2, 8, DequantizeVariationalParams(clamp=clamp))
+        y[clamp] = op.place(x, u) * 256 - 7
+    assert torch.allclose(y["none"], u, atol=1e-6)
+    assert y["margin"].min() >= 2**-10 - 1e-6 and y["margin"].max() <= 1 - 2**-10 + 1e-6
+
+
+def test_the_documented_commands_parse():
+    from flowgraph.cli.main import build_parser
+
+    text = (ROOT / "docs" / "published-weights.md").read_text().replace("\\\n", " ")
+    lines = [ln.split("#")[0].split() for ln in text.splitlines()
+             if ln.startswith("flowgraph import official")]
+    assert len(lines) >= 3
+    for tokens in lines:
+        args = build_parser().parse_args(tokens[1:])
+        assert args.source_format == "official" and args.spec.endswith("denseflow-74-10.yaml")
