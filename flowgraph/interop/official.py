@@ -78,8 +78,8 @@ class ImportReport:
 
 def _unsafe_reason(e: Exception) -> str:
     """Name what the file wanted to unpickle, without torch's advice on how to allow it."""
-    m = re.search(r"Unsupported (?:global|operand)[^\n]*?:\s*(?:GLOBAL\s+)?([\w.<>]+)", str(e))
-    return f" (it references {m.group(1)})" if m else ""
+    m = re.search(r"(?:unsupported|Unsupported global:)\s*GLOBAL\s+([\w.]+)", str(e))
+    return f" (it asks for {m.group(1)})" if m else ""
 
 
 def read_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
