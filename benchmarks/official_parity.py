@@ -15,7 +15,8 @@ comparison), then on one batch of random 8-bit images:
 - bits/dim per image with the same noise (the dequantization ε and every cross-unit η are
   fed to both models), max |Δ| (target ≤ 1e-5 in fp32);
 - the fraction of dequantization noise u outside [2⁻¹⁰, 1 − 2⁻¹⁰] (what the default clamp
-  changes) and the bits/dim difference that clamp makes;
+  changes) and the bits/dim difference that clamp makes (``--deq-log-std-offset 3.5`` widens
+  q(u|x)'s base so that most of u saturates);
 - samples from the same latents (the last latent's ε and both dropped halves): the 8-bit
   images must be identical except where the continuous value lies within 1e-3 of a bin edge.
 
@@ -124,7 +125,8 @@ def official_inverse(model, z_last, dropped):
     return z
 
 
-def compare(repo: Path, size: int, batch: int, seed: int, scale: float, tmp: Path) -> dict:
+def compare(repo: Path, size: int, batch: int, seed: int, scale: float, tmp: Path,
+            deq_log_std_offset: float = 0.0) -> dict:
     from flowgraph.interop import import_official
 
     t_start = time.perf_counter()
@@ -133,6 +135,8 @@ def compare(repo: Path, size: int, batch: int, seed: int, scale: float, tmp: Pat
     g = torch.Generator().manual_seed(seed + 1)
     x_init = torch.randint(0, 256, (2 * batch, 3, size, size), generator=g, dtype=torch.uint8)
     randomize(official, x_init, seed, scale)
+    with torch.no_grad():  # a wider q(u|x) base makes u saturate (to measure the clamp)
+        official.transforms[0].encoder.base_dist.log_scale.add_(deq_log_std_offset)
     ckpt = tmp / f"official-{size}.pt"
     torch.save({"current_epoch": 0, "model": official.state_dict()}, ckpt)
     over = {"size": size}
@@ -184,6 +188,7 @@ def compare(repo: Path, size: int, batch: int, seed: int, scale: float, tmp: Pat
 
     return {
         "size": size, "batch": batch, "weight_noise_scale": scale,
+        "deq_log_std_offset": deq_log_std_offset,
         "mapped_tensors": report.copied, "constants_checked": report.constants_checked,
         "parameters": report.parameters, "import_s": round(import_s, 1),
         "seconds": round(time.perf_counter() - t_start, 1),
@@ -207,6 +212,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=0.01,
                     help="std of the random offsets added to every parameter")
+    ap.add_argument("--deq-log-std-offset", type=float, default=0.0,
+                    help="added to the dequantization base's log-std, so that u saturates")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     if not (a.repo / "denseflow").is_dir() or not (a.repo / "experiments" / "image").is_dir():
@@ -217,7 +224,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         for size in a.sizes:
             out["results"].append(compare(a.repo.resolve(), size, a.batch, a.seed, a.scale,
-                                          Path(tmp)))
+                                          Path(tmp), a.deq_log_std_offset))
     print(json.dumps(out, indent=1))
 
 
