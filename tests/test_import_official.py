@@ -229,6 +229,9 @@ def test_not_a_checkpoint_is_refused(tmp_path):
     junk.write_bytes(b"not a zip file")
     with pytest.raises(WeightImportError, match="cannot be read"):
         read_official_checkpoint(junk)
+    torch.save({"format": 1, "spec_text": "x", "spec_hash": "y", "model": {}}, junk)
+    with pytest.raises(WeightImportError, match="already a flowgraph checkpoint"):
+        read_official_checkpoint(junk)
     torch.save({"epoch": 3}, tmp_path / "nomodel.pt")
     with pytest.raises(WeightImportError, match="no 'model' state dict"):
         read_official_checkpoint(tmp_path / "nomodel.pt")

@@ -104,6 +104,9 @@ def read_official_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[
     if not isinstance(obj, Mapping):
         raise WeightImportError(f"{str(path)!r} holds a {type(obj).__name__}, not the "
                                 "authors' checkpoint dict with a 'model' state dict.")
+    if "spec_hash" in obj and "spec_text" in obj:
+        raise WeightImportError(f"{str(path)!r} is already a flowgraph checkpoint; use it "
+                                "directly with eval, sample, train --resume or export.")
     meta: dict[str, Any] = {}
     if "model" in obj and isinstance(obj["model"], Mapping):
         sd = obj["model"]
