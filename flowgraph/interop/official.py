@@ -299,6 +299,12 @@ def import_official(checkpoint: str | Path, spec_path: str | Path, out: str | Pa
         raise WeightImportError(
             f"{spec_path} does not compute what the authors' code computes, so their weights "
             "cannot be imported into it:\n" + "\n".join(f"  {r}" for r in refusals))
+    if dataset is not None:
+        from flowgraph.data import DATASETS
+
+        if dataset not in DATASETS:
+            raise WeightImportError(f"--dataset must be one of {', '.join(DATASETS)}. "
+                                    f"Got {dataset!r}.")
     if dequant_clamp not in ("margin", "none"):
         raise WeightImportError(f"--dequant-clamp must be margin or none. Got {dequant_clamp!r}.")
     if dequant_clamp == "none":
