@@ -195,6 +195,7 @@ def compare(repo: Path, size: int, batch: int, seed: int, scale: float, tmp: Pat
         "bpd_official": [round(float(b), 6) for b in bpd_off],
         "max_abs_dbpd_clamp_none": float((bpd_off - bpd_none).abs().max()),
         "max_abs_dbpd_clamp_margin": float((bpd_off - bpd_margin).abs().max()),
+        "max_abs_dbpd_margin_vs_none": float((bpd_margin - bpd_none).abs().max()),
         "u_saturated_fraction": saturated,
         "sample_pixels": int(differ.numel()),
         "sample_pixels_differing": int(differ.sum()),
