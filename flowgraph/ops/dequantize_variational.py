@@ -24,7 +24,7 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,9 @@ class DequantizeVariationalParams(OpParams):
     context_growth: PositiveInt = 16
     net: NetSpec = Field(default_factory=lambda: DenseResidualNetParams(kind="dense_residual"))
     scale: ScaleName = "exp_2tanh"
+    # "margin": keep u in [ε, 1 − ε] (see `Dequantizer`); "none": use q(u|x)'s sample as is,
+    # like the authors' code (bit-faithful evaluation of their weights; inverse less robust)
+    clamp: Literal["margin", "none"] = "margin"
 
 
 class _Step(nn.Module):
@@ -77,6 +80,8 @@ class DequantizeVariational(Dequantizer):
 
     def __init__(self, channels: int, height: int, width: int, bits: int, p: Any):
         super().__init__(bits, channels * height * width)
+        if p.clamp == "none":  # sigmoid output already lies in [0, 1]: the clamp is a no-op
+            self.u_min, self.u_max = 0.0, 1.0
         c4, spatial = 4 * channels, (height // 2) * (width // 2)
         self.c, self.h, self.w = channels, height, width
         self.context = DequantContextNet(channels, bits, p.context_width, p.context_depth,
