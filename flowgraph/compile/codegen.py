@@ -179,9 +179,9 @@ class _Gen:
         self.uses_context = ctx is not None and any(
             d["kind"] == "condition" for _, _, d in g.graph.out_edges(ctx.id, data=True))
 
-    def var(self, tensor: tuple[str, str], known: frozenset | None = None, reader: str = ""
-            ) -> Var:
-        if known is not None and tensor not in known:
+    def var(self, tensor: tuple[str, str], step: int | None = None, reader: str = "") -> Var:
+        """The variable of `tensor`; at inverse `step`, only if the schedule has it by then."""
+        if step is not None and self.g.inverse_known_at.get(tensor, step) >= step:
             raise CodegenError(f"node {reader!r} reads {tensor[0]}:{tensor[1]} before the "
                                "inverse schedule reconstructs it (compiler bug)")
         return Var(self.names[tensor])
@@ -191,9 +191,9 @@ class _Gen:
         outs = ", ".join(str(t) for t in node.out_types.values()) or "latent"
         return f"# {node.id}: {node.op_name}  {ins} -> {outs}"
 
-    def site(self, node: GraphNode, forward: bool, known: frozenset | None) -> Site:
+    def site(self, node: GraphNode, forward: bool, step: int | None) -> Site:
         data = [self.var(t) for t in self.g.data_inputs(node.id)]
-        outs = [self.var((node.id, p), known, node.id) for p in node.op.outputs]
+        outs = [self.var((node.id, p), step, node.id) for p in node.op.outputs]
         noise = None
         slot = self.noise_slots.get(node.id)
         if forward and slot is not None:
@@ -201,14 +201,14 @@ class _Gen:
                           f".reshape({_shape_list(slot.shape)})")
         conds: tuple = ()
         if forward or node.op.inverse_needs_conditions:  # else they may not exist yet
-            conds = tuple(self.var(t, known, node.id) for t in self.g.condition_inputs(node.id))
+            conds = tuple(self.var(t, step, node.id) for t in self.g.condition_inputs(node.id))
         return Site(node.id, ModuleRef(node.id), tuple(data if forward else outs),
                     tuple(outs if forward else data), conds, noise, node.params,
                     tuple(node.in_types), tuple(node.out_types[p] for p in node.op.outputs))
 
-    def emit(self, w: Writer, node: GraphNode, forward: bool, known: frozenset | None) -> None:
+    def emit(self, w: Writer, node: GraphNode, forward: bool, step: int | None) -> None:
         w.node_id = node.id
-        site = self.site(node, forward, known)
+        site = self.site(node, forward, step)
         try:
             (node.op.emit_forward if forward else node.op.emit_inverse)(w, site)
         except CodegenError:
@@ -217,8 +217,8 @@ class _Gen:
             raise CodegenError(f"node {node.id!r} ({node.op.name}): its code emission failed: "
                                f"{type(e).__name__}: {e}") from e
 
-    def conds_list(self, node: GraphNode, known: frozenset | None = None) -> str:
-        names = [self.var(t, known, node.id).name for t in self.g.condition_inputs(node.id)]
+    def conds_list(self, node: GraphNode, step: int | None = None) -> str:
+        names = [self.var(t, step, node.id).name for t in self.g.condition_inputs(node.id)]
         return "[" + ", ".join(names) + "]"
 
     def prologue(self, first: str) -> list[str]:
@@ -259,7 +259,7 @@ class _Gen:
         w.lines += self.prologue(src)
         w.lines.append(f"ld = {src}.new_zeros([_b])")
         slots = {s.name: s for s in self.layout.latents}
-        for node_id, known in zip(self.g.inverse_order, self.g.inverse_known, strict=True):
+        for step, node_id in enumerate(self.g.inverse_order):
             node = self.g.nodes[node_id]
             w.lines.append(self.comment(node))
             if node.kind == "latent":
@@ -268,11 +268,11 @@ class _Gen:
                 target = self.var(self.g.data_inputs(node_id)[0]).name
                 if generate:
                     w.lines.append(f"{target} = self.{node_id}.sample({piece}, "
-                                   f"{self.conds_list(node, known)})")
+                                   f"{self.conds_list(node, step)})")
                 else:
                     w.lines.append(f"{target} = {piece}")
             else:
-                self.emit(w, node, False, known)
+                self.emit(w, node, False, step)
         if generate:
             w.lines.append("return x")
             sig = "def _generate(self, eps: Tensor, context: Optional[Tensor]) -> Tensor:"

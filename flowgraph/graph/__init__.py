@@ -16,6 +16,7 @@ from flowgraph.graph.schedule import forward_schedule, inverse_schedule
 from flowgraph.graph.shapes import DEFAULT_LIMITS, Limits, Totals, infer_shapes
 from flowgraph.spec.expand import expand
 from flowgraph.spec.io import SourceMap
+from flowgraph.spec.limits import active_limits
 from flowgraph.spec.models import FlowSpec
 
 __all__ = ["Analysis", "FlowGraph", "GraphNode", "Limits", "Totals", "analyze", "check_spec"]
@@ -42,10 +43,26 @@ def _check_inputs(spec: FlowSpec, smap: SourceMap) -> list[Issue]:
     return out
 
 
+def _capped(issues: list[Issue]) -> list[Issue]:
+    """At most `max_issues` problems (a broken repeat can repeat one mistake 10,000 times)."""
+    cap = active_limits().max_issues
+    if len(issues) <= cap:
+        return issues
+    more = Issue("limit", f"{len(issues) - cap:,} more problems are not listed (limit "
+                 f"max_issues = {cap}; raise it with --limit max_issues=N)")
+    return [*issues[:cap], more]
+
+
 def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
                registry: OpRegistry | None = None, limits: Limits = DEFAULT_LIMITS
                ) -> tuple[Analysis | None, list[Issue]]:
     """Run every static check; returns the analysis (None if unusable) and all issues."""
+    analysis, issues = _check(spec, smap, registry, limits)
+    return analysis, _capped(issues)
+
+
+def _check(spec: FlowSpec, smap: SourceMap | None, registry: OpRegistry | None,
+           limits: Limits) -> tuple[Analysis | None, list[Issue]]:
     registry = registry if registry is not None else ops()
     smap = smap or SourceMap()
     issues = _check_inputs(spec, smap)
@@ -63,6 +80,7 @@ def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
     issues += cycles
     if cycles:
         return None, issues
+    graph.forward_order = forward_schedule(graph)  # computed once, read by every later pass
     schedule = None
     if not expand_issues:
         consumption = check_consumption(graph)
@@ -82,9 +100,8 @@ def check_spec(spec: FlowSpec, smap: SourceMap | None = None,
                             location=smap.locate(("outputs",))))
     if schedule is None:
         return None, issues
-    graph.forward_order = forward_schedule(graph)
     graph.inverse_order = schedule.order
-    graph.inverse_known = schedule.known_before
+    graph.inverse_known_at = schedule.known_at
     return Analysis(spec, graph, totals), issues
 
 

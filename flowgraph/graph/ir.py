@@ -62,23 +62,31 @@ class FlowGraph:
     smap: SourceMap
     forward_order: list[str] = field(default_factory=list)
     inverse_order: list[str] = field(default_factory=list)
-    #: per step of `inverse_order`, the tensors (node id, port) known when it runs
-    inverse_known: list[frozenset[tuple[str, str]]] = field(default_factory=list)
+    #: (node id, port) -> the step of `inverse_order` that reconstructs it (-1: from the start)
+    inverse_known_at: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def data_inputs(self, node_id: str) -> list[tuple[str, str]]:
-        return self._in_edges(node_id, "data")
+        return self._edges[0].get(node_id, [])
 
     def condition_inputs(self, node_id: str) -> list[tuple[str, str]]:
-        return self._in_edges(node_id, "condition")
-
-    def _in_edges(self, node_id: str, kind: str) -> list[tuple[str, str]]:
-        edges = [(d["slot"], u, d["port"]) for u, _, d in self.graph.in_edges(node_id, data=True)
-                 if d["kind"] == kind]
-        return [(u, p) for _, u, p in sorted(edges)]
+        return self._edges[1].get(node_id, [])
 
     def consumers(self, node_id: str, port: str, kind: str = "data") -> list[str]:
-        return [v for _, v, d in self.graph.out_edges(node_id, data=True)
-                if d["kind"] == kind and d["port"] == port]
+        return self._edges[2].get((node_id, port, kind), [])
+
+    @functools.cached_property
+    def _edges(self) -> tuple[dict, dict, dict]:
+        """Incoming data / condition edges per node (by slot) and consumers per tensor, read
+        once from the (immutable after building) networkx graph."""
+        data: dict[str, list] = {}
+        cond: dict[str, list] = {}
+        users: dict[tuple, list[str]] = {}
+        for u, v, d in self.graph.edges(data=True):
+            (data if d["kind"] == "data" else cond).setdefault(v, []).append(
+                (d["slot"], u, d["port"]))
+            users.setdefault((u, d["port"], d["kind"]), []).append(v)
+        sort = lambda m: {k: [(u, p) for _, u, p in sorted(e)] for k, e in m.items()}
+        return sort(data), sort(cond), users
 
     def type_of(self, node_id: str, port: str) -> TensorType | None:
         return self.nodes[node_id].out_types.get(port)

@@ -29,15 +29,18 @@ Tensor = tuple[str, str]  # (node id, output port)
 
 @dataclass(frozen=True)
 class InverseSchedule:
-    """`order`: the nodes in inverse order; `known_before[i]`: the tensors known when
-    `order[i]` is inverted (used by the code generator as an assertion of the rule)."""
+    """`order`: the nodes in inverse order; `known_at[t]`: the step of `order` that
+    reconstructs tensor t (-1: known from the start). A step i may read t iff known_at[t] < i;
+    the code generator asserts that for every read."""
 
     order: list[str]
-    known_before: list[frozenset[Tensor]]
+    known_at: dict[Tensor, int]
 
 
 def forward_schedule(g: FlowGraph) -> list[str]:
     """Deterministic topological order (ties broken by spec position); inputs excluded."""
+    if g.forward_order:
+        return g.forward_order
     order = nx.lexicographical_topological_sort(g.graph, key=lambda n: g.nodes[n].index)
     return [n for n in order if g.nodes[n].kind != "input"]
 
@@ -59,8 +62,8 @@ def inverse_schedule(g: FlowGraph) -> tuple[InverseSchedule | None, list[Issue]]
     for n in forward:
         for src in g.data_inputs(n):
             provider.setdefault(src, n)
-    known: set[Tensor] = {(n.id, "out") for n in g.nodes.values()
-                          if n.kind == "input" and n.role == "context"}
+    known: dict[Tensor, int] = {(n.id, "out"): -1 for n in g.nodes.values()
+                                if n.kind == "input" and n.role == "context"}
     missing: dict[str, set[Tensor]] = {}
     waiting: dict[Tensor, list[str]] = {}
     ready: list[tuple[int, str]] = []
@@ -72,21 +75,19 @@ def inverse_schedule(g: FlowGraph) -> tuple[InverseSchedule | None, list[Issue]]
         if not missing[n]:
             heapq.heappush(ready, (-pos[n], n))
     order: list[str] = []
-    known_before: list[frozenset[Tensor]] = []
     while ready:
         _, n = heapq.heappop(ready)
         order.append(n)
-        known_before.append(frozenset(known))
         for t in g.data_inputs(n):
             if t in known:
                 continue
-            known.add(t)
+            known[t] = len(order) - 1
             for user in waiting.pop(t, ()):
                 missing[user].discard(t)
                 if not missing[user]:
                     heapq.heappush(ready, (-pos[user], user))
     if len(order) == len(forward):
-        return InverseSchedule(order, known_before), []
+        return InverseSchedule(order, known), []
     return None, _explain(g, set(forward) - set(order), missing, provider)
 
 
