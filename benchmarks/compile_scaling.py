@@ -10,6 +10,7 @@ row per (size, form) and the JSON of all rows last.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -70,8 +71,11 @@ def main() -> None:
             for written_out in (True, False):
                 path = Path(tmp) / f"chain-{n}-{written_out}.yaml"
                 path.write_text(spec_text(n, written_out))
+                # sizes beyond the default input limits are the point here
+                env = {**os.environ, "FLOWGRAPH_SPEC_LIMITS": "max_yaml_nodes=100000000,"
+                       "max_nodes=10000000,max_file_bytes=1000000000,max_expr_steps=100000000"}
                 out = subprocess.run([sys.executable, __file__, "--child", str(path)],
-                                     capture_output=True, text=True)
+                                     capture_output=True, text=True, env=env)
                 if out.returncode:
                     print(out.stderr[-2000:], file=sys.stderr)
                     continue
