@@ -8,6 +8,7 @@ import pytest
 from conftest import SPEC_FILES
 
 from flowgraph.errors import SpecError
+from flowgraph.graph import check_spec
 from flowgraph.spec import dump_spec, load_spec, parse_spec, read_spec
 from flowgraph.spec.expand import expand
 from flowgraph.spec.expr import ExprError, evaluate, substitute
@@ -199,20 +200,21 @@ def test_misspelt_argument_of_an_extending_spec_is_an_error(tmp_path):
     assert read_spec(child)[0].args["n2"] == 2
 
 
-def test_op_parameter_typos_can_be_reported_with_a_suggestion():
-    from pydantic import ValidationError
-
-    from flowgraph.errors import Location
-    from flowgraph.ops import DEFAULT_REGISTRY
-    from flowgraph.spec.validation import validation_issues
-
-    op = DEFAULT_REGISTRY.get("affine_coupling")
-    with pytest.raises(ValidationError) as e:
-        op.parse({"net": {"kind": "mlp", "hiden": [8]}})
-    (issue,) = validation_issues(e.value, op.Params, lambda p: Location(p, "f.yaml", 7),
-                                 rule="param", prefix=("params",), node="c", label=op.name)
-    assert issue.message == "affine_coupling: unknown key 'hiden'"
-    assert issue.hint == "did you mean 'hidden'?" and issue.node == "c"
+def test_op_parameter_typos_are_reported_with_a_suggestion_and_their_line():
+    text = spec_text("""
+        flowgraph: 1
+        name: typo
+        inputs: {x: {shape: [4]}}
+        nodes:
+          - {id: c, op: affine_coupling, in: x, params: {net: {kind: mlp, hiden: [8]}, sclae: exp}}
+        outputs: {z: {from: c}}
+    """)
+    issues = check_spec(*parse_spec(text, "f.yaml"))[1]
+    by_key = {i.location.path[-1]: i for i in issues}
+    assert by_key["sclae"].message == "affine_coupling: unknown key 'sclae'"
+    assert by_key["sclae"].hint == "did you mean 'scale'?" and by_key["sclae"].node == "c"
+    assert "did you mean 'hidden'?" in by_key["net"].message
+    assert {i.location.line for i in issues} == {5}
 
 
 def test_extends_and_overrides(tmp_path):
@@ -234,12 +236,13 @@ def test_extends_and_overrides(tmp_path):
 
 
 def test_json_schema_lists_the_format_and_ops():
-    from flowgraph.spec.schema import spec_json_schema
+    from flowgraph.cli.schema_cmd import full_schema
 
-    schema = spec_json_schema()
+    schema = full_schema()
     assert schema["title"].startswith("flowgraph spec")
     assert {"inputs", "nodes", "outputs", "templates"} <= set(schema["properties"])
     assert "affine_coupling" in schema["x-ops"] and "net" in str(schema["x-ops"]["affine_coupling"])
+    assert "hidden" in str(schema["x-nets"]["glow"])
 
 
 def test_group_with_an_input_and_dotted_references():
