@@ -657,3 +657,15 @@ def test_cli_reports_a_bad_config_key(spec_file, tmp_path, capsys):
     assert main(["train", str(spec_file), "--out", str(tmp_path / "r"),
                  "--batch-size", "zero"]) == 2
     assert "batch_size" in capsys.readouterr().err
+
+
+def test_the_cli_exits_with_the_signal_status_after_a_stop(monkeypatch, capsys) -> None:
+    import flowgraph.cli.main as cli
+
+    def stopped(args):
+        raise TrainingInterrupted(signal.SIGTERM, 6, Path("runs/x/checkpoint.pt"))
+
+    monkeypatch.setattr(cli, "_run", stopped)
+    assert cli.main(["ops"]) == 143
+    err = capsys.readouterr().err
+    assert "stopped by SIGTERM after step 6" in err and "--resume" in err

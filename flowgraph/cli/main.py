@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
             print(str(e), file=sys.stderr)
         return 2
     except FlowgraphError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if getattr(e, "usage", False) else 1
+        code = getattr(e, "exit_code", None)  # e.g. 143 after a SIGTERM that saved a checkpoint
+        print(str(e) if code is not None else f"error: {e}", file=sys.stderr)
+        return code if code is not None else 2 if getattr(e, "usage", False) else 1
     except BrokenPipeError:  # e.g. `flowgraph compile ... | head`
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 0
