@@ -500,7 +500,8 @@ def round_trip(analysis: Any) -> None:
     with torch.no_grad():
         z, logdet = flow(x, context)
         back = flow.inverse(z, context)
-    assert back.shape == x.shape, (back.shape, x.shape)
+        sampled = flow.sample(3, 0.5, context)  # the generation path of the same schedule
+    assert back.shape == x.shape == sampled.shape, (back.shape, x.shape, sampled.shape)
     assert torch.isfinite(logdet).all() and torch.isfinite(z).all()
     if not data.bits and flow.noise_dim == 0:
         assert torch.allclose(back, x, atol=1e-3, rtol=1e-3), (back - x).abs().max()
