@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Declarative normalizing flows: compile, train, evaluate, sample, draw and export "
         "flows written as YAML specs."))
     parser.add_argument("--debug", action="store_true", help="show tracebacks of failures")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__import__('flowgraph').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for module in (compile_cmd, ops_cmd, schema_cmd):
         module.add_parser(sub)
