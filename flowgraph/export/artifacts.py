@@ -183,11 +183,16 @@ def _write_pt2(flow: Any, path: Path, programs: dict[str, Any], meta: dict, aoti
     aoti_files = None
     if aoti:
         aoti_files = {}
+        # what exporters/cpp reads with AOTIModelPackageLoader::get_metadata()
+        info = {"flowgraph.data_shape": ",".join(map(str, meta["data_shape"])),
+                "flowgraph.bits": str(meta["bits"]), "flowgraph.spec_hash": meta["spec_hash"],
+                "flowgraph.latent_dim": str(meta["latent_dim"]),
+                "flowgraph.noise_dim": str(meta["noise_dim"])}
         for d, program in programs.items():
             _, inputs = _modules_and_args(flow, d)
             aoti_files[d] = torch._inductor.aot_compile(
                 program.module(), tuple(inputs.values()),
-                options={"aot_inductor.package": True})
+                options={"aot_inductor.package": True, "aot_inductor.metadata": info})
     package_pt2(str(path), exported_programs=programs, aoti_files=aoti_files,
                 extra_files={METADATA_FILE: json.dumps(meta)})
 
