@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.aoti and args.fmt != "export":
         raise CliUsageError(f"--aoti needs --format export. Got --format {args.fmt}.")
+    if args.fmt == "export" and Path(args.output).suffix != ".pt2":
+        raise CliUsageError(f"--format export writes a .pt2 archive, so -o must end in .pt2. "
+                            f"Got {args.output!r}.")
     flow = load_source(args.source, args.overrides, args.seed)
     directions = ["density", "sample"] if args.direction == "both" else [args.direction]
     report = export_flow(flow, args.output, args.fmt, directions, verify=args.verify,
