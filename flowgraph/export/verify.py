@@ -140,7 +140,7 @@ extra = {"flowgraph.json": ""}
 m = torch.jit.load(path, _extra_files=extra)
 inputs = torch.load(inputs_path, weights_only=True)
 out = {"metadata": json.loads(extra["flowgraph.json"])["spec_hash"]}
-with torch.no_grad():
+with torch.no_grad(), torch.jit.optimized_execution(False):
     if "density" in inputs:
         d = inputs["density"]
         noise = d.get("noise")
@@ -163,7 +163,8 @@ def run_torchscript(path: Path, inputs: dict[str, dict[str, Tensor]], fresh_proc
             warnings.simplefilter("ignore", DeprecationWarning)
             m = torch.jit.load(str(path), _extra_files=extra)
         out: dict[str, Any] = {"spec_hash": json.loads(extra["flowgraph.json"])["spec_hash"]}
-        with torch.no_grad():
+        # no profiling/fusion passes: they cost seconds per method on big graphs, for one call
+        with torch.no_grad(), torch.jit.optimized_execution(False):
             if "density" in inputs:
                 d = inputs["density"]
                 out["density"] = [m.log_prob(d["x"], d.get("noise")),
