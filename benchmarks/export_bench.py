@@ -35,8 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flowgraph.compile import compile_spec  # noqa: E402
-from flowgraph.export import export_flow, prepare_for_export  # noqa: E402
+from flowgraph.compile import compile_spec
+from flowgraph.export import export_flow, prepare_for_export
 
 
 def _median_seconds(fn, repeats: int) -> float:
@@ -66,7 +66,8 @@ def _runner(fmt: str, files: list[Path], eps: torch.Tensor, t: torch.Tensor):
     from torch.export.pt2_archive._package import load_pt2
 
     contents = load_pt2(str(files[0]))
-    out = {"export": (lambda m=contents.exported_programs["sample"].module(): m(eps, t))}
+    module = contents.exported_programs["sample"].module()
+    out = {"export": lambda: module(eps, t)}
     if "sample" in contents.aoti_runners:
         runner = contents.aoti_runners["sample"]
         out["export (AOTInductor)"] = lambda: runner(eps, t)

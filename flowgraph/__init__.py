@@ -14,12 +14,12 @@ The public API, re-exported from the modules that define it:
 
 __version__ = "0.1.0"
 
-from flowgraph import evaluate  # noqa: E402 - after __version__, which setuptools reads
-from flowgraph.checkpoint import load_flow  # noqa: E402
-from flowgraph.compile import CompiledFlow, compile_spec  # noqa: E402
-from flowgraph.evaluate import evaluate_bpd, sample_images  # noqa: E402
-from flowgraph.export import export_flow  # noqa: E402
-from flowgraph.train.loop import train  # noqa: E402
+from flowgraph import evaluate
+from flowgraph.checkpoint import load_flow
+from flowgraph.compile import CompiledFlow, compile_spec
+from flowgraph.evaluate import evaluate_bpd, sample_images
+from flowgraph.export import export_flow
+from flowgraph.train.loop import train
 
 __all__ = ["CompiledFlow", "__version__", "compile_spec", "evaluate", "evaluate_bpd",
            "export_flow", "load_flow", "sample_images", "train"]

@@ -87,7 +87,7 @@ def test_cli_usage_errors(tmp_path, capsys):
 
 
 def test_a_disagreeing_artifact_fails_naming_direction_and_difference(tmp_path, monkeypatch):
-    import flowgraph.export.artifacts as artifacts
+    from flowgraph.export import artifacts
 
     flow, _, _ = ready(ROOT / "specs" / "realnvp-2d.yaml")
 

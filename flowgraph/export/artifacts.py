@@ -70,8 +70,9 @@ class ExportReport:
         return sum(p.stat().st_size for p in self.files)
 
     def summary(self) -> str:
-        lines = [f"wrote {', '.join(map(str, self.files))} ({self.size_bytes / 2**20:.2f} MiB, "
-                 f"{self.format}, {'+'.join(self.directions)}) in {self.export_seconds:.1f} s"]
+        files = ", ".join(map(str, self.files))
+        lines = [(f"wrote {files} ({self.size_bytes / 2**20:.2f} MiB, {self.format}, "
+                  f"{'+'.join(self.directions)}) in {self.export_seconds:.1f} s")]
         if self.checks:
             lines.append(f"checked against eager PyTorch in {self.verify_seconds:.1f} s:")
             lines += [f"  {c.describe()}" for c in self.checks]

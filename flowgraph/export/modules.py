@@ -24,6 +24,7 @@ linear algebra (slogdet, inv, solve_triangular) reaches the exported graphs.
 """
 
 import math
+
 import torch
 from torch import Tensor, nn
 
