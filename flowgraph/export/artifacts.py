@@ -20,8 +20,10 @@ Files written for ``path`` (the directions are ``density`` and/or ``sample``):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import logging
 import time
 import warnings
 from collections.abc import Iterable
@@ -99,6 +101,23 @@ def artifact_paths(path: str | Path, fmt: str, directions: Iterable[str]) -> dic
         stem = path.with_suffix("") if path.suffix == ".onnx" else path
         return {d: stem.parent / f"{stem.name}.{d}.onnx" for d in directions}
     return dict.fromkeys(directions, path)
+
+
+@contextlib.contextmanager
+def quiet_torch():
+    """Silence the exporters' chatter (deprecation notes, torchvision-not-installed logs); the
+    TorchScript deprecation is stated once in the CLI help and exporters/README.md."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
 
 
 def _check_args(fmt: str, directions: list[str], path: Path) -> None:
@@ -235,7 +254,7 @@ def export_flow(flow: Any, path: str | Path, fmt: str = "export",
     paths = artifact_paths(path, fmt, directions)
     for p in set(paths.values()):
         p.parent.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad():
+    with torch.no_grad(), quiet_torch():
         if fmt == "torchscript":
             _write_torchscript(frozen, path, directions, meta)
         elif fmt == "onnx":
@@ -248,7 +267,8 @@ def export_flow(flow: Any, path: str | Path, fmt: str = "export",
                           time.perf_counter() - start)
     if verify:
         t0 = time.perf_counter()
-        report.checks = check_artifact(frozen, fmt, paths, fresh_process)
+        with quiet_torch():
+            report.checks = check_artifact(frozen, fmt, paths, fresh_process)
         report.verify_seconds = time.perf_counter() - t0
         verify_outputs(report.checks)
     return report
