@@ -125,7 +125,9 @@ def main() -> int:
     p.add_argument("--formats", default="torchscript,onnx,export")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads of torch and onnxruntime (default 1: on a shared "
+                        "machine OpenMP spin-waiting makes more threads much slower)")
     p.add_argument("--aoti", action="store_true", help="also AOTInductor (slow compile)")
     p.add_argument("--out", type=Path, default=Path("/tmp/flowgraph-export-bench"))
     args = p.parse_args()
