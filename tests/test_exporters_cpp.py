@@ -9,6 +9,7 @@ installs the cmake and ninja wheels with the `export` extra).
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,16 @@ from flowgraph.export import export_flow, prepare_for_export, quantize
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 BUILD = ROOT / "build" / "exporters-cpp"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine OpenMP's spin-waiting makes two threads
+    10-20x slower than one (measured); restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _tool(name: str) -> str | None:
@@ -58,8 +69,9 @@ def exported(tmp_path_factory):
 
 
 def _run(exe: Path, *args) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run([str(exe), *map(str, args)], check=True, capture_output=True,
-                          text=True).stdout
+                          text=True, env=env).stdout
 
 
 def test_bits_per_dim_of_64_images_matches_python(flowgraph_run, exported):
