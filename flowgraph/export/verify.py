@@ -6,9 +6,11 @@ exporting process can leak into the check), ONNX with onnxruntime, ``.pt2`` with
 the archive has them). Inputs are fresh: a batch size and noise the export never saw.
 
 Tolerances: log-likelihoods 1e-4 relative (a log-likelihood near -2000 legitimately differs by
-~1e-3 absolute in onnxruntime), samples before quantization 1e-4 absolute. Quantized images
-are compared too; a pixel that rounds the other way is reported but is not a failure (a
-float difference of 1e-6 can cross a .5 boundary).
+~1e-3 absolute in onnxruntime), samples before quantization 1e-4 absolute. For discrete data
+the flow's last inverse step (dequantization) floors, so its float output is already
+integer-valued and a rounding difference of 1e-7 can land a value on the neighbouring level:
+such values (off by one level, within the tolerance) are counted as `steps` and excluded from
+the maximum, and up to `MAX_STEP_FRACTION` of the values may do so.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = ["LOG_PROB_RTOL", "SAMPLE_ATOL", "Check", "ExportError", "Verification
 
 LOG_PROB_RTOL = 1e-4
 SAMPLE_ATOL = 1e-4
+MAX_STEP_FRACTION = 1e-3
 
 
 class ExportError(FlowgraphError):
@@ -55,10 +58,13 @@ class Check:
     tolerance: float
     batch: int
     pixels_differing: int = 0  # sample direction: quantized values that differ
+    steps: int = 0  # sample direction: values one level off (floor at a boundary)
+    numel: int = 0
 
     @property
     def ok(self) -> bool:
-        return self.max_diff <= self.tolerance
+        return (self.max_diff <= self.tolerance
+                and self.steps <= MAX_STEP_FRACTION * max(self.numel, 1))
 
     def describe(self) -> str:
         kind = "relative" if self.quantity == "log_prob" else "absolute"
@@ -66,13 +72,17 @@ class Check:
                 f"{self.max_diff:.2e} (tolerance {self.tolerance:.0e}, batch {self.batch})")
         if self.direction == "sample":
             text += f", {self.pixels_differing} quantized value(s) differ"
+            if self.steps:
+                text += (f" ({self.steps} of {self.numel} one level off at a floor boundary, "
+                         f"at most {MAX_STEP_FRACTION:.0e} allowed)")
         return text
 
     def to_dict(self) -> dict[str, Any]:
         return {"runtime": self.runtime, "direction": self.direction,
                 "quantity": self.quantity, "max_diff": self.max_diff,
                 "tolerance": self.tolerance, "batch": self.batch,
-                "pixels_differing": self.pixels_differing, "ok": self.ok}
+                "pixels_differing": self.pixels_differing, "steps": self.steps,
+                "numel": self.numel, "ok": self.ok}
 
 
 def fresh_inputs(flow: Any, direction: str, batch: int = 3, seed: int = 20261130
@@ -109,8 +119,10 @@ def compare(runtime: str, direction: str, got: tuple[Any, Any], want: tuple[Tens
         return Check(runtime, direction, "log_prob", _max(diff), LOG_PROB_RTOL, len(ref))
     ref = torch.nan_to_num(want[1].double())
     diff = (torch.nan_to_num(b.double()) - ref).abs()
+    step = ((diff - 1.0).abs() <= SAMPLE_ATOL) & (ref == ref.round())
     differing = int((a.to(want[0].dtype) != want[0]).sum())
-    return Check(runtime, direction, "x", _max(diff), SAMPLE_ATOL, len(ref), differing)
+    return Check(runtime, direction, "x", _max(diff[~step]), SAMPLE_ATOL, len(ref), differing,
+                 int(step.sum()), ref.numel())
 
 
 def _max(t: Tensor) -> float:
