@@ -80,6 +80,7 @@ def bench(spec: str, overrides: dict, formats: list[str], batch: int, repeats: i
     flow = compile_spec(spec, overrides, seed=0)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 2**max(flow.bits, 1), (2, *flow.data_shape), generator=g).float()
+    torch.manual_seed(0)  # initialize() draws dequantization noise from the global RNG
     flow.initialize(x)
     params = sum(p.numel() for p in flow.parameters())
     print(f"{spec}: {params:,} parameters, built in {time.perf_counter() - t0:.1f} s",
