@@ -1,8 +1,10 @@
-"""Compiled flows under torch.compile(fullgraph=True) and torch.export, for every spec.
+"""Compiled flows under torch.compile(fullgraph=True), and the `ready` helper of the export tests.
 
-Small variants of each spec file (same structure, shrunk with --set) keep this fast; the
-full-size models are scripted in test_flow_contract.py. Dynamo is checked with the "eager"
-backend: that proves one graph without breaks, without paying for Inductor's code generation.
+torch.export of every spec (both directions, frozen, saved, loaded back and compared with
+eager) is in test_export_formats.py, with TorchScript and ONNX. Small variants of each spec
+file (same structure, shrunk with --set) keep this fast; the full-size models are scripted in
+test_flow_contract.py. Dynamo is checked with the "eager" backend: that proves one graph
+without breaks, without paying for Inductor's code generation.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import SPEC_FILES
-from test_flow_contract import IDS, data_for, small_flow
+from test_flow_contract import data_for, small_flow
 
 from flowgraph import testing as ft
 
@@ -42,26 +44,6 @@ def ready(path):
     if flow.noise_dim == 0:
         noise = torch.zeros(4, 0)
     return flow.eval(), x, noise
-
-
-@pytest.mark.parametrize("path", SPEC_FILES, ids=IDS)
-def test_torch_export_of_log_prob_and_sampling(path):
-    flow, x, noise = ready(path)
-    batch = torch.export.Dim("batch", min=2, max=1024)
-    ep = torch.export.export(LogProb(flow), (x, noise),
-                             dynamic_shapes={"x": {0: batch}, "noise": {0: batch}})
-    with torch.no_grad():
-        expected = flow.log_prob_once(x, None, noise if flow.noise_dim else None)
-    assert torch.allclose(ep.module()(x, noise), expected, rtol=1e-5, atol=1e-3)
-    # the sampling path, frozen (cached inverse weights), as the ONNX exporter will need it
-    flow.freeze()
-    eps = torch.randn(3, flow.latent_dim, generator=torch.Generator().manual_seed(1))
-    ep = torch.export.export(Generate(flow), (eps,),
-                             dynamic_shapes={"eps": {0: torch.export.Dim("n", min=2)}})
-    with torch.no_grad():
-        assert torch.allclose(ep.module()(eps), flow.sample_from_noise(eps), atol=1e-4)
-    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
-    assert not any("linalg" in t or "slogdet" in t for t in targets), targets
 
 
 @pytest.mark.parametrize("path", [p for p in SPEC_FILES

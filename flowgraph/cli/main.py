@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", dest="limits", action="append", default=[],
                         metavar="NAME=N", help="raise (or lower) a spec input limit, e.g. "
                         "--limit max_nodes=500000 (see docs/limits.md)")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__import__('flowgraph').__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for module in (compile_cmd, ops_cmd, schema_cmd):
         module.add_parser(sub)

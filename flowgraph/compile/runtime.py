@@ -12,14 +12,71 @@ For discrete data the dequantization term includes ``-D·bits·ln 2``, which mak
 bound on the log-probability of the integer data and `bits_per_dim` the usual measure.
 """
 
+import io
+import linecache
 import math
+import weakref
 from collections.abc import Callable
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CompiledFlow"]
+__all__ = ["CompiledFlow", "generated_source_files", "rebuild_flow", "release_source_at_collect"]
+
+GENERATED_PREFIX = "<flowgraph-generated:"
+
+
+def generated_source_files(cls: type) -> "list[str]":
+    """Pseudo file names (``<flowgraph-generated:...>``) of the generated methods of `cls`."""
+    names = []
+    for value in vars(cls).values():
+        code = getattr(getattr(value, "__wrapped__", value), "__code__", None)
+        if code is not None and code.co_filename.startswith(GENERATED_PREFIX):
+            names.append(code.co_filename)
+    return sorted(set(names))
+
+
+def _drop_sources(names: "list[str]") -> None:
+    for name in names:
+        linecache.cache.pop(name, None)
+
+
+def release_source_at_collect(cls: type) -> "list[str]":
+    """Drop the `linecache` entries of `cls`'s generated source when `cls` is collected.
+
+    `codegen.register_source` keeps the source in `linecache` so that tracebacks, `inspect`
+    and TorchScript can read it; without a release every compiled spec would stay there for
+    the life of the process. `CompiledFlow.__init_subclass__` calls this for every generated
+    class, so the compiler need not. Returns the file names it tracks.
+    """
+    names = generated_source_files(cls)
+    if names:
+        weakref.finalize(cls, _drop_sources, names)
+    return names
+
+
+def rebuild_flow(spec_text: str, state: "dict[str, Any]") -> "CompiledFlow":
+    """Unpickle a `CompiledFlow`: recompile `spec_text`, load the weights, restore the mode.
+
+    `state` holds ``weights`` (serialized state dict bytes), ``dtype``, ``device``,
+    ``training``, ``frozen`` and ``requires_grad`` (see `CompiledFlow.__reduce__`).
+    """
+    from flowgraph.compile import compile_spec
+    from flowgraph.spec.io import parse_spec
+
+    spec, smap = parse_spec(spec_text, "<pickled flow spec>")
+    flow = compile_spec(spec, smap=smap)
+    flow.to(dtype=state["dtype"])
+    weights = torch.load(io.BytesIO(state["weights"]), map_location="cpu", weights_only=True)
+    flow.load_state_dict(weights)
+    flow.to(device=state["device"])
+    if state["frozen"]:
+        flow.freeze()
+    flow.train(state["training"])
+    if not state["requires_grad"]:
+        flow.requires_grad_(False)
+    return flow
 
 
 class CompiledFlow(nn.Module):
@@ -33,6 +90,10 @@ class CompiledFlow(nn.Module):
     latent_dim: int
     noise_dim: int
     bits: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        release_source_at_collect(cls)
 
     def __init__(self) -> None:
         super().__init__()
@@ -164,6 +225,23 @@ class CompiledFlow(nn.Module):
             if m is not self and hasattr(m, "freeze"):
                 m.freeze()
         return self
+
+    def __reduce__(self) -> "tuple[Callable[..., CompiledFlow], tuple[str, dict[str, Any]]]":
+        """Pickle and deep-copy as (spec text, weights), like torch.fx's ``GraphModule``.
+
+        The generated class has no importable name, so the flow is rebuilt by `rebuild_flow`
+        from `spec_text` and its state dict (stored as ``torch.save`` bytes and read back with
+        ``weights_only=True``); dtype, device, train/eval mode and ``freeze()`` carry over.
+        Attributes set by hand on the instance do not.
+        """
+        ref = next(self.parameters(), self._ref)
+        buffer = io.BytesIO()
+        torch.save({k: v.detach().cpu() for k, v in self.state_dict().items()}, buffer)
+        frozen = any(bool(getattr(m, "frozen", False)) for m in self.modules())
+        requires_grad = any(p.requires_grad for p in self.parameters())
+        return rebuild_flow, (self.spec_text, {
+            "weights": buffer.getvalue(), "dtype": ref.dtype, "device": str(ref.device),
+            "training": self.training, "frozen": frozen, "requires_grad": requires_grad})
 
     @property
     def code(self) -> str:
