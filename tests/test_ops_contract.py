@@ -1,4 +1,4 @@
-"""Contract tests over every op in DEFAULT_REGISTRY, plus focused tests of op-specific facts."""
+"""Contract tests over every registered op (built-in and plugin), plus focused tests of op-specific facts."""
 
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ from conftest import ROOT
 
 from flowgraph import testing as ft
 from flowgraph.compile import compile_spec
-from flowgraph.compile.runtime import generated_source_files
 
 SPEC = ROOT / "specs" / "denseflow-fmnist.yaml"
 
@@ -77,8 +76,8 @@ def test_deepcopy_keeps_dtype_mode_and_freeze():
 
 def test_generated_source_leaves_linecache_when_the_class_is_collected():
     flow = compile_spec(ROOT / "specs" / "realnvp-2d.yaml", seed=0)
-    names = generated_source_files(type(flow))
-    assert names and all(n in linecache.cache for n in names)
+    names = [type(flow)._source_file]
+    assert all(n in linecache.cache for n in names)
     ref = weakref.ref(type(flow))
     del flow
     gc.collect()

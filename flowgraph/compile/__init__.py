@@ -58,6 +58,7 @@ def _generated_class(analysis: Analysis) -> tuple[type[CompiledFlow], Layout]:
         "_inverse": torch.jit.export(namespace["_inverse"]),
         "_generate": torch.jit.export(namespace["_generate"]),
         "_generated_source": code.source,
+        "_source_file": filename,
         "__module__": __name__,
         "__qualname__": f"CompiledFlow_{name}",
     }

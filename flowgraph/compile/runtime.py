@@ -13,48 +13,14 @@ bound on the log-probability of the integer data and `bits_per_dim` the usual me
 """
 
 import io
-import linecache
 import math
-import weakref
 from collections.abc import Callable
 from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CompiledFlow", "generated_source_files", "rebuild_flow", "release_source_at_collect"]
-
-GENERATED_PREFIX = "<flowgraph-generated:"
-
-
-def generated_source_files(cls: type) -> "list[str]":
-    """Pseudo file names (``<flowgraph-generated:...>``) of the generated methods of `cls`."""
-    names = []
-    for value in vars(cls).values():
-        code = getattr(getattr(value, "__wrapped__", value), "__code__", None)
-        if code is not None and code.co_filename.startswith(GENERATED_PREFIX):
-            names.append(code.co_filename)
-    return sorted(set(names))
-
-
-def _drop_sources(names: "list[str]") -> None:
-    for name in names:
-        linecache.cache.pop(name, None)
-
-
-def release_source_at_collect(cls: type) -> "list[str]":
-    """Drop the `linecache` entries of `cls`'s generated source when `cls` is collected.
-
-    `codegen.register_source` keeps the source in `linecache` so that tracebacks, `inspect`
-    and TorchScript can read it; without a release every compiled spec would stay there for
-    the life of the process. `CompiledFlow.__init_subclass__` calls this for every generated
-    class, so the compiler need not. Returns the file names it tracks.
-    """
-    names = generated_source_files(cls)
-    if names:
-        weakref.finalize(cls, _drop_sources, names)
-    return names
-
+__all__ = ["CompiledFlow", "rebuild_flow"]
 
 def rebuild_flow(spec_text: str, state: "dict[str, Any]") -> "CompiledFlow":
     """Unpickle a `CompiledFlow`: recompile `spec_text`, load the weights, restore the mode.
@@ -90,10 +56,6 @@ class CompiledFlow(nn.Module):
     latent_dim: int
     noise_dim: int
     bits: int
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        release_source_at_collect(cls)
 
     def __init__(self) -> None:
         super().__init__()

@@ -17,7 +17,7 @@ from flowgraph.core.types import OpParams, TensorType
 from flowgraph.errors import ShapeError
 from flowgraph.ops.base import FlowModule, building_on_meta
 
-__all__ = ["CONV1X1_OP", "Conv1x1Params", "LUConv1x1", "PlainConv1x1"]
+__all__ = ["Conv1x1Params", "LUConv1x1", "PlainConv1x1"]
 
 
 class Conv1x1Params(OpParams):
@@ -188,4 +188,3 @@ class _Conv1x1Op(OpDef):
         return cls(x.shape[0], x.is_image, x.numel // x.shape[0])
 
 
-CONV1X1_OP = _Conv1x1Op()
