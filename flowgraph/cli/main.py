@@ -10,6 +10,7 @@ import traceback
 
 from flowgraph.errors import FlowgraphError, SpecError
 from flowgraph.spec.limits import active_limits, use_limits
+from flowgraph.version import __version__
 
 __all__ = ["build_parser", "main"]
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="NAME=N", help="raise (or lower) a spec input limit, e.g. "
                         "--limit max_nodes=500000 (see docs/limits.md)")
     parser.add_argument("--version", action="version",
-                        version=f"%(prog)s {__import__('flowgraph').__version__}")
+                        version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for module in (compile_cmd, ops_cmd, schema_cmd):
         module.add_parser(sub)

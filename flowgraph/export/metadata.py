@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from flowgraph.export.modules import data_dtype
+from flowgraph.version import __version__
 
 __all__ = ["METADATA_FILE", "METADATA_VERSION", "artifact_metadata", "io_signature",
            "read_metadata"]
@@ -51,8 +52,6 @@ def io_signature(flow: Any, direction: str) -> dict[str, list[dict[str, Any]]]:
 def artifact_metadata(flow: Any, fmt: str, directions: list[str],
                       source: str | None = None) -> dict[str, Any]:
     """The self-description of an artifact of `flow` in format `fmt`."""
-    from flowgraph import __version__
-
     return {
         "flowgraph_artifact": METADATA_VERSION,
         "format": fmt,

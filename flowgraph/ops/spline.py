@@ -168,8 +168,9 @@ class SplineCoupling(FlowModule):
     def _params(self, x1: Tensor, cond: list[Tensor], dtype: torch.dtype) -> Tensor:
         feats = [x1] + conditions_to_features(cond, x1, self.image)
         h = self.net(torch.cat(feats, 1)).to(dtype)  # spline maths in the input dtype
-        # [B, C2·P, (H, W)] -> [B, C2, (H, W), P]
-        return h.unflatten(1, (self.transformed, self.n_params)).movedim(2, -1)
+        # [B, C2·P, (H, W)] -> [B, C2, (H, W), P]; batch as -1 so exporters keep it dynamic
+        h = h.reshape([-1, self.transformed, self.n_params] + list(h.shape[2:]))
+        return h.movedim(2, -1)
 
     def _transform(self, x: Tensor, cond: list[Tensor], inverse: bool) -> tuple[Tensor, Tensor]:
         x1, x2 = x[:, :self.split], x[:, self.split:]
