@@ -33,7 +33,7 @@ run: setup
 	@echo "samples: $(RUN_DIR)/samples.png"
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 lint: setup
 	$(VENV)/bin/ruff check flowgraph tests
