@@ -12,12 +12,33 @@ The public API, re-exported from the modules that define it:
 `evaluate` is the evaluation module.
 """
 
-from flowgraph import evaluate, train
-from flowgraph.checkpoint import load_flow
-from flowgraph.compile import CompiledFlow, compile_spec
-from flowgraph.evaluate import evaluate_bpd, sample_images
-from flowgraph.export import export_flow
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from flowgraph.version import __version__
+
+# name -> (module, attribute or None for the module itself). Loaded on first use, so that
+# `import flowgraph.spec` (or the CLI) does not pay for export, training and evaluation.
+_API = {
+    "CompiledFlow": ("flowgraph.compile", "CompiledFlow"),
+    "compile_spec": ("flowgraph.compile", "compile_spec"),
+    "evaluate": ("flowgraph.evaluate", None),
+    "evaluate_bpd": ("flowgraph.evaluate", "evaluate_bpd"),
+    "export_flow": ("flowgraph.export", "export_flow"),
+    "load_flow": ("flowgraph.checkpoint", "load_flow"),
+    "sample_images": ("flowgraph.evaluate", "sample_images"),
+    "train": ("flowgraph.train", None),
+}
 
 __all__ = ["CompiledFlow", "__version__", "compile_spec", "evaluate", "evaluate_bpd",
            "export_flow", "load_flow", "sample_images", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'flowgraph' has no attribute {name!r}")
+    module, attr = _API[name]
+    value = importlib.import_module(module)
+    return value if attr is None else getattr(value, attr)

@@ -65,3 +65,12 @@ def test_graph_reserves_every_attribute_of_the_compiled_flow() -> None:
     public = {n for n in dir(CompiledFlow) if not n.startswith("_")} - set(dir(nn.Module))
     assert public <= reserved_names()
     assert {"spec_text", "spec_hash"} <= reserved_names()  # instance attributes, not on the class
+
+
+def test_public_api_resolves_and_matches_all() -> None:
+    import flowgraph.train.progress  # noqa: F401 - the package stays a package
+
+    assert set(flowgraph.__all__) == set(flowgraph._API) | {"__version__"}
+    for name in flowgraph.__all__:
+        assert getattr(flowgraph, name) is not None
+    assert callable(flowgraph.train) and flowgraph.train.TrainConfig
