@@ -13,7 +13,8 @@ emission calls the node's module by the convention of `flowgraph.ops.base.FlowMo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["Emitter", "Example", "Method", "ModuleRef", "OpDef", "Role", "Site", "Var",
-           "count_parameters"]
+           "count_parameters", "skipped_init"]
 
 #: What a node is for, read by `draw` and reports: a bijective `transform`, a `dequantize`
 #: step, an `augment`ation that appends noise, a `reshape` of the same values, a `prior`.
@@ -205,10 +206,28 @@ class OpDef:
         return f"<op {self.name}>"
 
 
+@contextlib.contextmanager
+def skipped_init() -> Iterator[None]:
+    """Make `torch.nn.init`'s in-place initialisers no-ops while a module is built whose values
+    do not matter (built on `meta` to count, or about to be overwritten by loaded weights).
+    Process-wide while it lasts: not for use while another thread builds modules."""
+    from torch.nn import init
+
+    saved = {n: getattr(init, n) for n in dir(init)
+             if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))}
+    try:
+        for name in saved:
+            setattr(init, name, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(init, name, fn)
+
+
 def count_parameters(build: Callable[[], nn.Module | None]) -> int:
     """Parameters of the module `build` makes, built on the meta device (shapes, no storage)."""
     import torch
 
-    with torch.device("meta"):
+    with torch.device("meta"), skipped_init():
         module = build()
     return 0 if module is None else sum(t.numel() for t in module.parameters())

@@ -15,10 +15,9 @@ reported together), copies the tensors and writes a normal flowgraph checkpoint 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from flowgraph.core.op import skipped_init
 from flowgraph.errors import FlowgraphError
 from flowgraph.interop.mapping import Rule, StateMapping, load_mapping, mapping_for_spec
 
@@ -228,23 +228,6 @@ def apply_plan(plan: list[MappedTensor], source: Mapping[str, Tensor], flow: tor
 
 # -- the whole import -----------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _no_random_init() -> Iterator[None]:
-    """Skip `torch.nn.init` while the model is built: every parameter is overwritten by the
-    import (`plan_import` proves it), and the orthogonal inits alone cost seconds. Buffers are
-    not made by `torch.nn.init`, so the ones the spec fixes keep their values."""
-    init = torch.nn.init
-    saved = {n: getattr(init, n) for n in dir(init)
-             if n.endswith("_") and not n.startswith("_") and callable(getattr(init, n))}
-    try:
-        for name in saved:
-            setattr(init, name, lambda tensor, *a, **k: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(init, name, fn)
-
-
 def _with_clamp_none(spec: Any, node_id: str | None) -> Any:
     """The spec with ``clamp: none`` on its dequantization node (a top-level op node)."""
     nodes = list(spec.nodes)
@@ -310,7 +293,7 @@ def import_official(checkpoint: str | Path, spec_path: str | Path, out: str | Pa
     if dequant_clamp == "none":
         spec = _with_clamp_none(spec, mapping.dequantizer)
     source, meta = read_official_checkpoint(checkpoint)
-    with _no_random_init():
+    with skipped_init():  # every parameter is overwritten by the import (plan_import proves it)
         flow = compile_spec(spec, smap=smap, seed=0)
     target = flow.state_dict()
     plan = plan_import(source, target, mapping, spec.args)
