@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,3 +37,14 @@ def _is_flow_spec(path: Path) -> bool:
 
 
 SPEC_FILES = sorted(p for p in (ROOT / "specs").rglob("*.yaml") if _is_flow_spec(p))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a shared 2-core machine OpenMP's spin-waiting makes two threads 10-20x slower than one
+    (measured); restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -36,14 +36,7 @@ DYNAMO_SPECS = ("augmented-2d", "denseflow-fmnist", "glow")
 SUFFIX = {"torchscript": "pt", "onnx": "onnx", "export": "pt2"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spin-waiting makes two threads
-    10-20x slower than one (measured); restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check(report, flow, fmt):

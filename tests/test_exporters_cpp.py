@@ -29,14 +29,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 BUILD = ROOT / "build" / "exporters-cpp"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine OpenMP's spin-waiting makes two threads
-    10-20x slower than one (measured); restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tool(name: str) -> str | None:
