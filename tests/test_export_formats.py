@@ -30,13 +30,12 @@ from flowgraph.export import (
     read_metadata,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning",
-                                        "ignore::FutureWarning", "ignore::UserWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning",
+                                         "ignore::UserWarning"),
+              pytest.mark.usefixtures("one_thread")]
 DYNAMO_SPECS = ("augmented-2d", "denseflow-fmnist", "glow")
 SUFFIX = {"torchscript": "pt", "onnx": "onnx", "export": "pt2"}
 
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check(report, flow, fmt):

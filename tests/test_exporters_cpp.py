@@ -25,11 +25,10 @@ from flowgraph.compile import compile_spec
 from flowgraph.evaluate import sample_images
 from flowgraph.export import export_flow, prepare_for_export, quantize
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.usefixtures("one_thread")]
 BUILD = ROOT / "build" / "exporters-cpp"
 
-
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tool(name: str) -> str | None:
