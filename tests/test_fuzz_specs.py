@@ -118,7 +118,7 @@ def test_mutants_of_shipped_specs_compile_or_fail_cleanly(seed: int, tree: Path,
     check(make_case(seed), tree)
 
 
-# Found by the long mode, outside the spec stage; kept as active cases (no xfail) until fixed.
+# Found by the long mode, outside the spec stage (now fixed); kept as regression cases.
 FOUND = [
     # codegen treats any condition read from an input node as "needs a context input", so
     # conditioning on the data input compiles statically and then fails in forward()

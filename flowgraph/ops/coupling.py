@@ -14,7 +14,7 @@ from flowgraph.errors import ShapeError
 from flowgraph.ops.base import FlowModule, sum_per_sample
 from flowgraph.ops.scales import ScaleName, log_scale, resolve_scale
 
-__all__ = ["AffineCoupling", "AffineCouplingParams", "condition_channels", "conditions_to_features"]
+__all__ = ["AffineCoupling", "AffineCouplingParams", "CouplingOp", "condition_channels", "conditions_to_features"]
 
 
 def condition_channels(x: TensorType, conds: list[TensorType], op: str) -> int:
@@ -110,7 +110,40 @@ class AffineCoupling(FlowModule):
         return torch.cat([y1, x2], 1), -sum_per_sample(log_s)
 
 
-class _AffineCouplingOp(OpDef):
+class CouplingOp(OpDef):
+    """What coupling ops share: x1, the first ⌈C/2⌉ channels, passes through and, with the
+    conditions, feeds a conditioner whose output has `values_per_channel` values for each of
+    the ⌊C/2⌋ transformed channels. Subclasses set `name`, `Params` (with a `net` field),
+    `values_per_channel` and `build` (using `conditioner`)."""
+
+    conditions = "optional"
+
+    def values_per_channel(self, p: Any) -> int:
+        raise NotImplementedError
+
+    def _net_io(self, p: Any, x: TensorType, conds: list[TensorType]) -> tuple[int, int]:
+        c = x.shape[0]
+        in_ch = c - c // 2 + condition_channels(x, conds, self.name)
+        return in_ch, self.values_per_channel(p) * (c // 2)
+
+    def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
+              ) -> dict[str, TensorType]:
+        (x,) = inputs
+        self.require_continuous(x, self.name)
+        if len(x.shape) not in (1, 3) or x.shape[0] < 2:
+            raise ShapeError(f"{self.name} needs an image [C, H, W] or a vector [D] with at "
+                             "least 2 channels (one to condition on, one to transform)",
+                             found=f"shape {list(x.shape)}")
+        in_ch, _ = self._net_io(p, x, conds)
+        nets().get(p.net.kind).check(p.net, TensorType((in_ch, *x.shape[1:])))
+        return {"out": TensorType(x.shape)}
+
+    def conditioner(self, p: Any, x: TensorType, conds: list[TensorType]) -> nn.Module:
+        in_ch, out_ch = self._net_io(p, x, conds)
+        return nets().get(p.net.kind).build(p.net, in_ch, out_ch, x.is_image)
+
+
+class _AffineCouplingOp(CouplingOp):
     name = "affine_coupling"
     Params = AffineCouplingParams
     summary = "affine coupling: x2 -> sigma(s) x2 + t with (s, t) = net(x1, conditions)"
@@ -126,29 +159,13 @@ class _AffineCouplingOp(OpDef):
         Example({"net": {"kind": "mlp", "hidden": [7]}}, (TensorType((5,)),)),
         Example({"net": {"kind": "mlp", "hidden": [7]}, "layout": "halves", "scale": "exp"}, (TensorType((5,)),), (TensorType((2,)),)),
     )
-    conditions = "optional"
 
-    def _net_io(self, p: Any, x: TensorType, conds: list[TensorType]) -> tuple[int, int]:
-        c = x.shape[0]
-        in_ch = c - c // 2 + condition_channels(x, conds, self.name)
-        return in_ch, 2 * (c // 2)
-
-    def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
-              ) -> dict[str, TensorType]:
-        (x,) = inputs
-        self.require_continuous(x, self.name)
-        if len(x.shape) not in (1, 3) or x.shape[0] < 2:
-            raise ShapeError("affine_coupling needs an image [C, H, W] or a vector [D] with at "
-                             "least 2 channels (one to condition on, one to transform)",
-                             found=f"shape {list(x.shape)}")
-        in_ch, _ = self._net_io(p, x, conds)
-        nets().get(p.net.kind).check(p.net, TensorType((in_ch, *x.shape[1:])))
-        return {"out": TensorType(x.shape)}
+    def values_per_channel(self, p: Any) -> int:
+        return 2  # s and t
 
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> AffineCoupling:
         x = inputs[0]
-        in_ch, out_ch = self._net_io(p, x, conds)
-        net = nets().get(p.net.kind).build(p.net, in_ch, out_ch, x.is_image)
         c = x.shape[0]
-        return AffineCoupling(net, c - c // 2, c // 2, int(resolve_scale(p.scale)),
+        return AffineCoupling(self.conditioner(p, x, conds), c - c // 2, c // 2,
+                              int(resolve_scale(p.scale)),
                               p.layout == "interleaved", x.is_image)

@@ -22,12 +22,11 @@ import torch.nn.functional as F
 from pydantic import Field, PositiveFloat, model_validator
 from torch import Tensor, nn
 
-from flowgraph.core.op import Example, OpDef
-from flowgraph.core.registry import NetSpec, nets
+from flowgraph.core.op import Example
+from flowgraph.core.registry import NetSpec
 from flowgraph.core.types import OpParams, TensorType
-from flowgraph.errors import ShapeError
 from flowgraph.ops.base import FlowModule, sum_per_sample
-from flowgraph.ops.coupling import condition_channels, conditions_to_features
+from flowgraph.ops.coupling import CouplingOp, conditions_to_features
 
 __all__ = ["SplineCoupling", "SplineCouplingParams",
            "rational_quadratic_spline", "spline_outputs_per_channel"]
@@ -188,40 +187,23 @@ class SplineCoupling(FlowModule):
         return self._transform(y, cond, True)
 
 
-class SplineCouplingOp(OpDef):
+class SplineCouplingOp(CouplingOp):
     name = "spline_coupling"
     Params = SplineCouplingParams
     summary = ("rational-quadratic spline coupling (NSF): x2 -> RQ spline on [-bound, bound] "
                "with knots from net(x1, conditions), identity tails")
-    conditions = "optional"
     examples = (
         Example({"net": {"kind": "glow", "hidden": 6}, "bins": 4}, (TensorType((3, 4, 4)),)),
         Example({"net": {"kind": "mlp", "hidden": [7]}, "bins": 5, "bound": 2.0},
                 (TensorType((5,)),), (TensorType((2,)),)),
     )
 
-    def _net_io(self, p: Any, x: TensorType, conds: list[TensorType]) -> tuple[int, int]:
-        c = x.shape[0]
-        in_ch = c - c // 2 + condition_channels(x, conds, self.name)
-        return in_ch, spline_outputs_per_channel(p.bins) * (c // 2)
-
-    def infer(self, p: Any, inputs: list[TensorType], conds: list[TensorType]
-              ) -> dict[str, TensorType]:
-        (x,) = inputs
-        self.require_continuous(x, self.name)
-        if len(x.shape) not in (1, 3) or x.shape[0] < 2:
-            raise ShapeError("spline_coupling needs an image [C, H, W] or a vector [D] with at "
-                             "least 2 channels (one to condition on, one to transform)",
-                             found=f"shape {list(x.shape)}")
-        in_ch, _ = self._net_io(p, x, conds)
-        nets().get(p.net.kind).check(p.net, TensorType((in_ch, *x.shape[1:])))
-        return {"out": TensorType(x.shape)}
+    def values_per_channel(self, p: Any) -> int:
+        return spline_outputs_per_channel(p.bins)
 
     def build(self, p: Any, inputs: list[TensorType], conds: list[TensorType]) -> SplineCoupling:
         x = inputs[0]
-        in_ch, out_ch = self._net_io(p, x, conds)
-        net = nets().get(p.net.kind).build(p.net, in_ch, out_ch, x.is_image)
         c = x.shape[0]
-        return SplineCoupling(net, c - c // 2, c // 2, p.bins, float(p.bound),
+        return SplineCoupling(self.conditioner(p, x, conds), c - c // 2, c // 2, p.bins, float(p.bound),
                               p.min_bin_width, p.min_bin_height, p.min_derivative, x.is_image)
 
