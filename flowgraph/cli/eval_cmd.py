@@ -60,8 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None, help="dataset folder (default: the checkpoint's)")
     p.add_argument("--data-option", dest="data_options", action="append", default=[],
                    metavar="KEY=VALUE", help="dataset option, e.g. size=64 (repeatable)")
-    p.add_argument("--split", choices=("test", "train"), default="test",
-                   help="split to evaluate (default: test)")
+    p.add_argument("--split", choices=("test", "validation", "train"), default="test",
+                   help="split to evaluate (default: test); validation: the training images "
+                   "the run held out (its val_images); train: the rest")
     p.add_argument("--k", type=int, default=1,
                    help="importance samples per image (default 1: the single-sample bound)")
     p.add_argument("--kbs", type=int, default=0,
@@ -93,12 +94,21 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     flow, state = load_for_inference(args.checkpoint, device)
     name, data_dir, options = resolve_data(args, state)
-    data = load_dataset(name, args.split, data_dir, **options)
+    data = load_dataset(name, "test" if args.split == "test" else "train", data_dir, **options)
     if list(data.shape) != list(flow.data_shape):
         raise EvalError(f"{name} {args.split} images are {list(data.shape)} but the "
                         f"checkpoint's spec takes {list(flow.data_shape)}; choose the "
                         "dataset it was trained on with --dataset/--data-dir. "
                         f"Got --dataset {name}.")
+    if args.split in ("train", "validation"):  # the checkpoint's held-out tail (val_images)
+        from flowgraph.train.inputs import split_validation
+
+        held_out = int(_config(state).get("val_images") or 0)
+        if args.split == "validation" and held_out == 0:
+            raise EvalError(f"{args.checkpoint} was trained without a validation split "
+                            "(val_images: 0); evaluate --split train or test.")
+        train, val = split_validation(data, held_out)
+        data = val if args.split == "validation" else train
     show = not args.json and sys.stderr.isatty()
     result = evaluate_bpd(flow, data, k=args.k, kbs=args.kbs, batch_size=args.batch_size,
                           device=device, max_images=args.max_images, seed=args.seed,

@@ -38,7 +38,8 @@ def _add_optional(sub: argparse._SubParsersAction) -> None:
     """Subcommands whose modules may be absent in a partial checkout are added if present."""
     import importlib
 
-    for name in ("train_cmd", "eval_cmd", "sample_cmd", "draw_cmd", "export_cmd", "import_cmd"):
+    for name in ("train_cmd", "eval_cmd", "sample_cmd", "draw_cmd", "export_cmd", "import_cmd",
+                 "sweep_cmd"):
         try:
             module = importlib.import_module(f"flowgraph.cli.{name}")
         except ModuleNotFoundError as e:

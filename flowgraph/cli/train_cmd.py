@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
                    resume=resume)
     if os.environ.get("RANK", "0") != "0":
         return 0
-    test = "n/a" if result.test_bpd is None else f"{result.test_bpd:.4f}"
+    val, test = ("n/a" if v is None else f"{v:.4f}" for v in (result.val_bpd, result.test_bpd))
     print(f"trained {result.step} steps ({result.epoch} epochs, {result.skipped} skipped); "
-          f"test bits/dim {test}; checkpoint {result.checkpoint}")
+          f"validation bits/dim {val}; test bits/dim {test}; checkpoint {result.checkpoint}")
     return 0

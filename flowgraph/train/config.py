@@ -100,11 +100,18 @@ class TrainConfig(BaseModel):
     bf16: bool = False
     compile: bool = False
     channels_last: bool = False
+    # evaluation (the test split is read only for the final report)
+    val_images: int = Field(5000, ge=0, description="the last N training images are held out "
+                            "for validation (0: none)")
+    precise_bn: int = Field(2048, ge=0, description="training images to re-estimate BatchNorm "
+                            "statistics on before each evaluation and final.pt (0: off)")
+    curves: bool = Field(True, description="write curves.png (learning curves) at epoch ends")
     # bookkeeping
     seed: int = 0
     checkpoint_every: int = Field(1000, ge=0, description="steps; 0: only at epoch ends")
     log_every: int = Field(50, ge=1, description="steps per metrics row / non-TTY line")
-    eval_batches: int | None = Field(None, ge=0, description="test batches (None: all)")
+    eval_batches: int | None = Field(None, ge=0,
+                                     description="validation batches per evaluation (None: all)")
     eval_batch_size: int | None = Field(None, ge=1)
     samples: int = Field(64, ge=0, description="images in each epoch's sample grid")
     sample_temperature: float = Field(1.0, gt=0)

@@ -8,12 +8,14 @@ from typing import Any
 
 import yaml
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from flowgraph.data import DATASETS, DatasetError, load_dataset, make_augment
 from flowgraph.errors import FlowgraphError
 from flowgraph.train.config import TrainConfig
 
-__all__ = ["augment_for", "compile_for_training", "load_splits"]
+__all__ = ["ImageRange", "augment_for", "compile_for_training", "load_splits",
+           "split_validation"]
 
 
 def compile_for_training(spec: Any, overrides: Mapping[str, Any] | None, seed: int) -> Any:
@@ -36,12 +38,13 @@ def _shape(data: Any) -> tuple[int, ...]:
     return tuple(getattr(data, "shape", None) or data[0].shape)
 
 
-def load_splits(cfg: TrainConfig, flow: Any, train: Any = None, test: Any = None
-                ) -> tuple[Any, Any]:
-    """The train and test data: given in memory, or loaded from `cfg.dataset`.
+def load_splits(cfg: TrainConfig, flow: Any, train: Any = None, test: Any = None,
+                val: Any = None) -> tuple[Any, Any, Any]:
+    """The train, validation and test data: given in memory, or loaded from `cfg.dataset`.
 
-    A dataset without a test split gives ``test = None`` (no test bits/dim is reported). The
-    images must have the spec's data shape.
+    Validation images are `val` when given, else the last ``cfg.val_images`` training images
+    (`split_validation`). A dataset without a test split gives ``test = None`` (no test
+    bits/dim is reported). The images must have the spec's data shape.
     """
     if train is None:
         if cfg.dataset is None:
@@ -53,13 +56,52 @@ def load_splits(cfg: TrainConfig, flow: Any, train: Any = None, test: Any = None
             test = load_dataset(cfg.dataset, "test", cfg.data_dir, **options)
         except DatasetError:
             test = None
+    if val is None:
+        train, val = split_validation(train, cfg.val_images)
     expected = tuple(flow.data_shape)
-    for name, data in (("train", train), ("test", test)):
+    for name, data in (("train", train), ("validation", val), ("test", test)):
         if data is not None and _shape(data) != expected:
             raise FlowgraphError(
                 f"{name} images have shape {list(_shape(data))} but the spec's input is "
                 f"{list(expected)}; choose the matching dataset or spec arguments (--set).")
-    return train, test
+    return train, val, test
+
+
+class ImageRange(Dataset):
+    """Images ``start … stop - 1`` of a dataset, indexed in place (no copy)."""
+
+    def __init__(self, data: Any, start: int, stop: int):
+        if not 0 <= start <= stop <= len(data):
+            raise ValueError(f"range [{start}, {stop}) is outside [0, {len(data)}).")
+        self.data, self.start, self.stop = data, start, stop
+        self.shape = _shape(data)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, index: int) -> Tensor:
+        i = int(index)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} is outside [0, {len(self)}).")
+        return self.data[self.start + i]
+
+
+def split_validation(train: Any, n: int) -> tuple[Any, Any]:
+    """(training images, validation images): the last `n` training images are held out.
+
+    A fixed tail rather than a random subset, so the split is the same for every seed, run
+    and resume, and never depends on the data order of an epoch.
+    """
+    if n == 0:
+        return train, None
+    total = len(train)
+    if n >= total:
+        raise FlowgraphError(f"val_images ({n}) must be smaller than the training set "
+                             f"({total} images); lower val_images or set it to 0.")
+    whole = train.images() if hasattr(train, "images") else train
+    if isinstance(whole, Tensor):  # views of the one in-memory copy
+        return whole[:total - n], whole[total - n:]
+    return ImageRange(train, 0, total - n), ImageRange(train, total - n, total)
 
 
 def augment_for(cfg: TrainConfig) -> Any:

@@ -62,6 +62,7 @@ from flowgraph.train.distributed import (
 from flowgraph.train.inputs import augment_for, compile_for_training, load_splits
 from flowgraph.train.interrupt import StopSignals, TrainingInterrupted
 from flowgraph.train.nonfinite import find_nonfinite_node
+from flowgraph.train.precise_bn import precise_batchnorm
 from flowgraph.train.progress import MetricsLog, ProgressBar
 from flowgraph.train.schedule import lr_at
 from flowgraph.train.state import capture_rng, restore_rng
@@ -77,6 +78,7 @@ class TrainResult:
     train_bpd: float | None
     test_bpd: float | None
     checkpoint: Path | None
+    val_bpd: float | None = None
 
 
 class Trainer:
@@ -85,7 +87,7 @@ class Trainer:
     def __init__(self, spec: Any, config: TrainConfig, out_dir: str | Path, *,
                  overrides: dict[str, Any] | None = None, resume: str | Path | None = None,
                  flow: nn.Module | None = None, train_data: Any = None, test_data: Any = None,
-                 stream: IO[str] | None = None):
+                 val_data: Any = None, stream: IO[str] | None = None):
         self.cfg = cfg = config.resolved()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -99,18 +101,26 @@ class Trainer:
         self.interval: list[float] = [0.0, 0, 0.0, 0]  # bpd sum, count, grad-norm sum, count
         self.saved: tuple[int, int, int] | None = None  # position of the last checkpoint.pt
         self.signals = StopSignals()
-        self.last_test: tuple[int, float | None] = (-1, None)
+        self.evaluated: dict[str, tuple[int, float | None]] = {}  # split: (step, bpd)
+        self.bn_step = -1  # the step at which BatchNorm statistics were last re-estimated
         ckpt = self._load(Path(resume)) if resume is not None else None
-        train_data, test_data = load_splits(cfg, self.flow, train_data, test_data)
+        train_data, val_data, test_data = load_splits(cfg, self.flow, train_data, test_data,
+                                                      val_data)
         r, w = self.dist.rank, self.dist.world_size
         self.source = BatchSource(train_data, cfg.batch_size, seed=cfg.seed, rank=r,
                                   world_size=w, workers=cfg.workers)
         if len(self.source) == 0:
             raise FlowgraphError(f"the training set has {self.source.n} images, fewer than one "
                                  f"batch (batch_size {cfg.batch_size}).")
-        self.test = None if test_data is None else BatchSource(
-            test_data, cfg.eval_batch_size or cfg.batch_size, seed=cfg.seed, rank=r,
-            world_size=w, workers=cfg.workers, shuffle=False, drop_last=False)
+        eval_bs = cfg.eval_batch_size or cfg.batch_size
+        self.val, self.test = (None if data is None else BatchSource(
+            data, eval_bs, seed=cfg.seed, rank=r, world_size=w, workers=cfg.workers,
+            shuffle=False, drop_last=False) for data in (val_data, test_data))
+        # Precise BN reads the same fixed random training images every time; full batches
+        # only, so that every rank runs the same number of forwards (SyncBatchNorm).
+        self.bn_images = BatchSource(train_data, min(eval_bs, cfg.precise_bn or eval_bs),
+                                     seed=derive_seed(cfg.seed, "precise_bn"), rank=r,
+                                     world_size=w, workers=cfg.workers)
         self.augment = augment_for(cfg)
         self.flow.to(self.device)
         if cfg.channels_last:
@@ -297,20 +307,24 @@ class Trainer:
                 self._end_epoch(self.wall0 + time.perf_counter() - start)
                 images, t_int = 0, time.perf_counter()  # keep evaluation out of images/s
         wall = self.wall0 + time.perf_counter() - start
-        if self.last_test[0] != self.step:
-            self.evaluate()
+        self.refresh_batchnorm()  # final.pt keeps the re-estimated statistics
+        val = self.evaluate("val")  # (no-ops when already done at this step)
+        test = self.evaluate("test")  # the only time the test split is read
         if self.batch:  # stopped inside an epoch: the last grid is older than the model
             self.sample(self.out / "samples" / "final.png")
+        lr = (lr_at(cfg, self.step - 1, self.epoch, self.batch - 1) if self.batch else
+              lr_at(cfg, max(self.step - 1, 0), max(self.epoch - 1, 0), per_epoch - 1))
+        self._row(lr, math.nan, None, None, wall, val, test)
         self.save("checkpoint.pt", wall)
         path = self.save("final.pt", wall)
-        test = self.last_test[1]
         self.log.message(f"done: step {self.step}, epoch {self.epoch}, {self.skipped} skipped, "
-                         f"test bpd {'n/a' if test is None else f'{test:.4f}'}, {wall:.0f} s")
+                         f"val bpd {_fmt(val)}, test bpd {_fmt(test)}, {wall:.0f} s")
+        self._curves()
         if self.metrics is not None:
             self.metrics.close()
         if self.epoch_sum[1]:  # stopped inside an epoch
             self.train_bpd = self.epoch_sum[0] / self.epoch_sum[1]
-        return TrainResult(self.step, self.epoch, self.skipped, self.train_bpd, test, path)
+        return TrainResult(self.step, self.epoch, self.skipped, self.train_bpd, test, path, val)
 
     def _interrupted(self, wall: float) -> NoReturn:
         signum = self.signals.signum or signal.SIGTERM  # another process got it
@@ -322,40 +336,82 @@ class Trainer:
         raise TrainingInterrupted(signum, self.step, path)
 
     def _row(self, lr: float, bpd: float, rate: float | None, grad_norm: float | None, wall: float,
-             test_bpd: float | None = None) -> None:
+             val_bpd: float | None = None, test_bpd: float | None = None) -> None:
         if self.metrics is not None:
             self.metrics.write(step=self.step, epoch=self.epoch, lr=lr,
                                bpd=None if math.isnan(bpd) else bpd, images_per_s=rate,
                                grad_norm=grad_norm, skipped=self.skipped, wall_time=wall,
-                               test_bpd=test_bpd)
+                               val_bpd=val_bpd, test_bpd=test_bpd)
+
+    def _curves(self) -> None:
+        if self.metrics is None or not self.cfg.curves:
+            return
+        from flowgraph.train.curves import plot_learning_curves, read_metrics
+
+        plot_learning_curves(read_metrics(self.out), self.out / "curves.png",
+                             title=self.out.name)
 
     def _end_epoch(self, wall: float) -> None:
-        test = self.evaluate()
+        val = self.evaluate("val")
         # The lr of the epoch's last step, also when a resume starts right at the epoch's end.
         lr = lr_at(self.cfg, self.step - 1, self.epoch, self.batch - 1)
         mean = self.epoch_sum[0] / self.epoch_sum[1] if self.epoch_sum[1] else math.nan
         self.train_bpd = None if math.isnan(mean) else mean
-        self._row(lr, mean, None, None, wall, test)
+        self._row(lr, mean, None, None, wall, val)
         epochs = self.cfg.epochs + self.cfg.finetune_epochs
         self.log.message(f"epoch {self.epoch + 1}/{epochs} done: train bpd {mean:.4f}"
-                         + ("" if test is None else f", test bpd {test:.4f}"))
+                         + ("" if val is None else f", val bpd {val:.4f}"))
+        self._curves()
         self.sample(self.out / "samples" / f"epoch_{self.epoch:03d}.png")
         self.epoch, self.batch, self.epoch_sum = self.epoch + 1, 0, [0.0, 0]
         self.save("checkpoint.pt", wall)
 
     # -- evaluation, samples, checkpoints ---------------------------------------------------
     @torch.no_grad()
-    def evaluate(self) -> float | None:
-        """Test-split single-sample bits/dim over `eval_batches` batches (all ranks)."""
-        if self.test is None or self.cfg.eval_batches == 0:
+    def refresh_batchnorm(self) -> None:
+        """Precise BN: re-estimate BatchNorm statistics at the current weights (once a step)."""
+        if self.cfg.precise_bn == 0 or self.bn_step == self.step:
+            return
+        self.bn_step = self.step
+        loss = BitsPerDim(self.flow)
+
+        def batches() -> Any:
+            seen = 0
+            for _, x in self.bn_images.epoch(0):
+                if seen >= self.cfg.precise_bn:
+                    return
+                seen += len(x) * self.dist.world_size
+                yield self._to_device(x)
+
+        calls = iter(range(1 << 62))
+
+        def forward(x: Tensor) -> None:
+            g = generator(self.cfg.seed, "precise_bn", next(calls), self.dist.rank,
+                          device=self.device)
+            with self._autocast():
+                loss(x, self.flow.draw_noise(len(x), generator=g))
+
+        reduce = all_reduce_sum if self.dist.enabled else None
+        precise_batchnorm(self.flow, batches(), forward, reduce, self.dist.world_size)
+
+    @torch.no_grad()
+    def evaluate(self, split: str = "val") -> float | None:
+        """Single-sample bits/dim on the validation (`eval_batches` batches) or test split
+        (all of it), after precise BN; every rank takes part. Once per split and step."""
+        source = self.val if split == "val" else self.test
+        if source is None or (split == "val" and self.cfg.eval_batches == 0):
             return None
+        if self.evaluated.get(split, (-1, None))[0] == self.step:
+            return self.evaluated[split][1]
+        self.refresh_batchnorm()
+        limit = self.cfg.eval_batches if split == "val" else None
         self.flow.eval()
         loss, acc = BitsPerDim(self.flow), torch.zeros(2, dtype=torch.float64,
                                                        device=self.device)
-        for b, x in self.test.epoch(0):
-            if self.cfg.eval_batches is not None and b >= self.cfg.eval_batches:
+        for b, x in source.epoch(0):
+            if limit is not None and b >= limit:
                 break
-            g = generator(self.cfg.seed, "eval", b, self.dist.rank, device=self.device)
+            g = generator(self.cfg.seed, "eval", split, b, self.dist.rank, device=self.device)
             x = self._to_device(x)
             with self._autocast():
                 bpd = loss(x, self.flow.draw_noise(len(x), generator=g))
@@ -363,7 +419,7 @@ class Trainer:
         self.flow.train()
         total, count = all_reduce_sum(acc).tolist()
         value = total / count if count else None
-        self.last_test = (self.step, value)
+        self.evaluated[split] = (self.step, value)
         return value
 
     @torch.no_grad()
@@ -398,6 +454,10 @@ class Trainer:
         if name == "checkpoint.pt":
             self.saved = where
         return path
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
 
 
 def train(spec: Any, config: TrainConfig, out_dir: str | Path, **kwargs: Any) -> TrainResult:

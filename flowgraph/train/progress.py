@@ -11,8 +11,10 @@ per evaluation) to ``metrics.jsonl`` and ``metrics.csv`` with the columns `COLUM
 - ``images_per_s`` (all processes together); ``grad_norm``: mean total gradient norm
   before clipping; ``skipped``: non-finite steps skipped so far; ``wall_time``: seconds of
   training (resumes continue the count);
-- ``test_bpd``: test-split single-sample bits/dim, only on the rows written at epoch ends
-  (empty elsewhere).
+- ``val_bpd``: validation single-sample bits/dim (after precise BN), on the rows written at
+  epoch ends and on the final row (empty elsewhere);
+- ``test_bpd``: test-split single-sample bits/dim, only on the final row written when the run
+  ends (the test split is read for nothing else).
 
 A resumed run's files equal an uninterrupted run's except in the wall-clock columns
 ``images_per_s`` and ``wall_time``.
@@ -34,7 +36,7 @@ from typing import IO, Any
 __all__ = ["COLUMNS", "MetricsLog", "ProgressBar"]
 
 COLUMNS = ("step", "epoch", "lr", "bpd", "images_per_s", "grad_norm", "skipped", "wall_time",
-           "test_bpd")
+           "val_bpd", "test_bpd")
 
 
 def _duration(seconds: float) -> str:
@@ -172,8 +174,8 @@ class MetricsLog:
         if self.tb is not None:
             for k in COLUMNS[2:]:
                 if full[k] is not None:
-                    self.tb.add_scalar(f"train/{k}" if k != "test_bpd" else "test/bpd",
-                                       full[k], full["step"])
+                    tag = {"val_bpd": "val/bpd", "test_bpd": "test/bpd"}.get(k, f"train/{k}")
+                    self.tb.add_scalar(tag, full[k], full["step"])
             self.tb.flush()
 
     def close(self) -> None:
