@@ -1,4 +1,9 @@
-r"""Image grids as PNG files, written with zlib alone (no imaging library needed)."""
+r"""Image grids as PNG files, written with zlib alone (no imaging library needed).
+
+`save_grid` upscales small grids by an integer factor, nearest neighbour, so that 28-pixel
+images are big enough to look at (`min_side`, 512 by default); ``min_side=None`` keeps one
+file pixel per image pixel.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["make_grid", "save_grid", "write_png"]
+__all__ = ["DEFAULT_MIN_SIDE", "make_grid", "save_grid", "upscale", "write_png"]
+
+DEFAULT_MIN_SIDE = 512
 
 
 def make_grid(images: Tensor, nrow: int | None = None, padding: int = 2,
@@ -59,6 +66,20 @@ def write_png(array: np.ndarray, path: str | Path) -> Path:
     return path
 
 
-def save_grid(images: Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Save [N, C, H, W] images (0..255) as one PNG grid."""
-    return write_png(make_grid(images, nrow), path)
+def upscale(array: np.ndarray, min_side: int | None) -> np.ndarray:
+    """Repeat every pixel f×f times, f the smallest integer making the longer side at least
+    `min_side` pixels (f = 1 when it already is, or when `min_side` is None or 0)."""
+    if not min_side:
+        return array
+    if min_side < 0:
+        raise ValueError(f"min_side must be a positive number of pixels or None. "
+                         f"Got {min_side}.")
+    factor = max(1, math.ceil(min_side / max(array.shape[:2])))
+    return array.repeat(factor, axis=0).repeat(factor, axis=1) if factor > 1 else array
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int | None = None,
+              min_side: int | None = DEFAULT_MIN_SIDE) -> Path:
+    """Save [N, C, H, W] images (0..255) as one PNG grid, upscaled (nearest neighbour, an
+    integer factor) until its longer side is at least `min_side` pixels; None or 0: raw size."""
+    return write_png(upscale(make_grid(images, nrow), min_side), path)

@@ -258,7 +258,10 @@ def test_cli_sample_writes_png_and_raw(ckpt, tmp_path, capsys):
     head = png.read_bytes()
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", head[16:24])
-    assert (width, height) == (3 * 6 + 2, 2 * 6 + 2)  # 3×2 tiles of 4 px, 2 px padding
+    assert (width, height) == (20 * 26, 14 * 26)  # 3×2 tiles of 4 px, 2 px padding, ×26 >= 512
+    assert main(["sample", str(ckpt), "-n", "6", "-o", str(png), "--nrow", "3",
+                 "--min-side", "0"]) == 0
+    assert struct.unpack(">II", png.read_bytes()[16:24]) == (3 * 6 + 2, 2 * 6 + 2)  # raw
     arr = np.load(raw, allow_pickle=False)
     assert arr.shape == (6, 1, 4, 4) and arr.dtype == np.uint8
     assert main(["sample", str(ckpt), "-n", "6", "--temperature", "0.8",
@@ -272,6 +275,8 @@ def test_cli_sample_refuses_bad_outputs(ckpt, tmp_path, capsys):
     assert "-o FILE.png" in capsys.readouterr().err
     assert main(["sample", str(ckpt), "-o", str(tmp_path / "g.jpg")]) == 2
     assert "must end in .png" in capsys.readouterr().err
+    assert main(["sample", str(ckpt), "-o", str(tmp_path / "g.png"), "--min-side", "-1"]) == 2
+    assert "--min-side must be 0" in capsys.readouterr().err
 
 
 def test_cli_missing_and_corrupt_checkpoints(tmp_path, capsys):

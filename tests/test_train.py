@@ -550,8 +550,8 @@ def test_metrics_files_and_a_sample_grid_per_epoch(spec_file, tmp_path):
     epoch_rows = [r for r in rows if r["test_bpd"] is not None]
     assert [(r["step"], r["epoch"]) for r in epoch_rows] == [(4, 0), (8, 1)]
     assert epoch_rows[-1]["test_bpd"] == pytest.approx(result.test_bpd)
-    for e in (0, 1):  # 16 images of 8×8 in a 4×4 grid with 2-pixel padding
-        assert _png_size(out / "samples" / f"epoch_{e:03d}.png") == (42, 42)
+    for e in (0, 1):  # 16 images of 8×8 in a 4×4 grid, 2-pixel padding: 42 px, ×13 >= 512
+        assert _png_size(out / "samples" / f"epoch_{e:03d}.png") == (546, 546)
     assert not (out / "samples" / "final.png").exists()  # it ended with an epoch
     state = load_checkpoint(out / "final.pt")
     for key in ("model", "optimizer", "schedule", "step", "epoch", "rng", "config",

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from flowgraph.cli.eval_cmd import CliUsageError, load_for_inference, resolve_device
+from flowgraph.images import DEFAULT_MIN_SIDE
 
 __all__ = ["add_parser", "run", "save_raw"]
 
@@ -32,6 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="write the samples as one PNG grid (image data only)")
     p.add_argument("--nrow", type=int, default=None,
                    help="images per grid row (default: about sqrt(n))")
+    p.add_argument("--min-side", type=int, default=DEFAULT_MIN_SIDE, metavar="PIXELS",
+                   help="upscale the grid (nearest neighbour, integer factor) until its "
+                        "longer side is at least PIXELS (default %(default)s); 0 writes "
+                        "the raw size, one pixel per image pixel")
     p.add_argument("--save-raw", metavar="FILE", default=None,
                    help="write the samples as an array: .npy (numpy) or .pt (torch tensor)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per inverse pass")
@@ -61,6 +66,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
                             f"Got {args.save_raw!r}.")
     if args.nrow is not None and args.nrow < 1:
         raise CliUsageError(f"--nrow must be at least 1. Got {args.nrow}.")
+    if args.min_side < 0:
+        raise CliUsageError(f"--min-side must be 0 (raw size) or more pixels. "
+                            f"Got {args.min_side}.")
 
 
 def _check_image(flow: object, output: str) -> None:
@@ -84,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     samples = sample_images(flow, args.n, temperature=args.temperature, seed=args.seed,
                             batch_size=args.batch_size, device=device)
     if args.output is not None:
-        path = save_grid(to_display(samples, flow.bits), args.output, args.nrow)
+        path = save_grid(to_display(samples, flow.bits), args.output, args.nrow,
+                         min_side=args.min_side)
         print(f"wrote {path} ({args.n} samples, T={args.temperature:g}, seed {args.seed})")
     if args.save_raw is not None:
         path = save_raw(samples, args.save_raw)
