@@ -111,9 +111,9 @@ def replace(src, dst):
 torch.save, os.replace = half_then_rest, replace
 
 g = torch.Generator().manual_seed(0)
-data = (torch.rand(24, 1, 4, 4, generator=g) * 255).to(torch.uint8)
+data = (torch.rand(30, 1, 4, 4, generator=g) * 255).to(torch.uint8)  # 24 + 6 held out
 test = (torch.rand(6, 1, 4, 4, generator=g) * 255).to(torch.uint8)
-cfg = TrainConfig(batch_size=6, epochs=3, warmup_steps=5, lr_decay=0.5, samples=0,
+cfg = TrainConfig(val_images=6, batch_size=6, epochs=3, warmup_steps=5, lr_decay=0.5, samples=0,
                   tensorboard=False, log_every=3, checkpoint_every=2, seed=1, threads=1)
 resume = out / "checkpoint.pt" if (out / "checkpoint.pt").exists() else None
 try:

@@ -223,7 +223,8 @@ def ckpt(tmp_path_factory, flow):
     for split, seed in (("train", 7), ("test", 8)):
         for i, img in enumerate(_images(6, seed)):
             write_png(img[0].numpy(), root / split / f"{i:02d}.png")
-    config = {"dataset": "folder", "data_dir": str(root), "dataset_options": {"channels": 1}}
+    config = {"dataset": "folder", "data_dir": str(root), "dataset_options": {"channels": 1},
+              "val_images": 2}
     try:  # what `flowgraph train` records: the whole TrainConfig as a dict
         from flowgraph.train.config import TrainConfig
         config = TrainConfig(**config).model_dump(mode="json")
@@ -240,9 +241,12 @@ def test_cli_eval_text_and_json(ckpt, capsys):
     out = capsys.readouterr().out
     assert "test bits/dim (K=4, IW bound):" in out and "(n=6)" in out
     assert main(["eval", str(ckpt), "--split", "train", "--json", "--max-images", "5"]) == 0
-    d = json.loads(capsys.readouterr().out)
-    assert d["ok"] and d["split"] == "train" and d["n_images"] == 5 and d["k"] == 1
+    d = json.loads(capsys.readouterr().out)  # 4 = 6 training images - 2 held out
+    assert d["ok"] and d["split"] == "train" and d["n_images"] == 4 and d["k"] == 1
     assert d["dataset"] == "folder" and 0 < d["bpd"] < 16 and d["stderr"] > 0
+    assert main(["eval", str(ckpt), "--split", "validation", "--json"]) == 0
+    v = json.loads(capsys.readouterr().out)
+    assert v["split"] == "validation" and v["n_images"] == 2 and v["bpd"] != d["bpd"]
 
 
 def test_cli_eval_refuses_data_of_another_shape(ckpt, capsys):

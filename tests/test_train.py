@@ -85,12 +85,13 @@ def spec_file(tmp_path: Path) -> Path:
 
 def config(**kw: object) -> TrainConfig:
     base = {"batch_size": 8, "epochs": 2, "warmup_steps": 3, "samples": 0, "tensorboard": False,
-            "log_every": 1, "checkpoint_every": 0, "seed": 3}
+            "log_every": 1, "checkpoint_every": 0, "seed": 3, "val_images": 0}
     return TrainConfig(**{**base, **kw})
 
 
 def run(spec: Path, out: Path, cfg: TrainConfig, **kw: object):
     kw.setdefault("train_data", images(32))
+    kw.setdefault("val_data", images(8, seed=2))
     kw.setdefault("test_data", images(12, seed=1))
     return train(spec, cfg, out, stream=io.StringIO(), **kw)
 
@@ -275,10 +276,12 @@ def test_kills_between_an_epoch_row_and_its_checkpoint_leave_the_log_as_if_unint
     _assert_same_training_state(_state(tmp_path / "a" / "final.pt"), _state(out / "final.pt"))
     jsonl, table = _log(out)
     assert (jsonl, table) == _log(tmp_path / "a")
-    assert [(r["step"], r["test_bpd"] is not None) for r in jsonl] == [
-        (3, False), (4, True), (6, False), (8, True)]
+    # epoch ends (4, 8) evaluate the validation images; the final row alone the test split
+    assert [(r["step"], r["val_bpd"] is not None, r["test_bpd"] is not None)
+            for r in jsonl] == [(3, False, False), (4, True, False), (6, False, False),
+                                (8, True, False), (8, True, True)]
     assert [r["lr"] for r in jsonl] == [lr_at(cfg, s - 1, (s - 1) // 4, (s - 1) % 4)
-                                        for s in (3, 4, 6, 8)]
+                                        for s in (3, 4, 6, 8, 8)]
     assert all(r["lr"] != cfg.lr for r in jsonl)
 
 
@@ -297,16 +300,18 @@ def test_a_checkpoint_without_log_sizes_resumes_by_step_and_a_short_log_is_repor
         f.write("4,0\n")
     run(spec_file, out, cfg, resume=out / "old.pt")
     jsonl, table = _log(out)
-    assert [r["step"] for r in jsonl] == [1, 2, 3, 4, 4, 5, 6, 7, 8, 8]  # 4, 8: epoch ends
+    # 3: the first run's final row (kept: an old checkpoint can only cut after its step);
+    # 4, 8: epoch ends; the last 8: the final row
+    assert [r["step"] for r in jsonl] == [1, 2, 3, 3, 4, 4, 5, 6, 7, 8, 8, 8]
     assert [int(r["step"]) for r in table] == [r["step"] for r in jsonl]
-    assert jsonl[3]["test_bpd"] is None and jsonl[4]["test_bpd"] is not None
+    assert jsonl[4]["val_bpd"] is None and jsonl[5]["val_bpd"] is not None
     (out / "metrics.csv").write_text("")  # lost: rows up to the step are kept, with a note
     stream = io.StringIO()
     train(spec_file, config(epochs=3), out, resume=out / "checkpoint.pt",
           train_data=images(32), stream=stream)
     assert "shorter than when the checkpoint was written" in stream.getvalue()
     with open(out / "metrics.csv", newline="") as f:
-        assert [int(r["step"]) for r in csv.DictReader(f)] == [9, 10, 11, 12, 12]  # a header
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [9, 10, 11, 12, 12, 12]  # a header
 
 
 def test_stale_temporary_checkpoint_files_are_removed_at_start_up(spec_file, tmp_path):
@@ -544,12 +549,17 @@ def test_metrics_files_and_a_sample_grid_per_epoch(spec_file, tmp_path):
     with open(out / "metrics.csv") as f:
         table = list(csv.reader(f))
     assert tuple(table[0]) == COLUMNS and len(table) == 1 + len(rows)
-    train_rows = [r for r in rows if r["test_bpd"] is None]
+    train_rows = [r for r in rows if r["val_bpd"] is None]
     assert [r["step"] for r in train_rows] == [2, 4, 6, 8]
     assert all(r["bpd"] > 0 and r["images_per_s"] > 0 and r["grad_norm"] > 0 for r in train_rows)
-    epoch_rows = [r for r in rows if r["test_bpd"] is not None]
+    epoch_rows = [r for r in rows if r["val_bpd"] is not None and r["test_bpd"] is None]
     assert [(r["step"], r["epoch"]) for r in epoch_rows] == [(4, 0), (8, 1)]
-    assert epoch_rows[-1]["test_bpd"] == pytest.approx(result.test_bpd)
+    final = rows[-1]  # the one row with the test split, written when the run ends
+    assert (final["step"], final["bpd"]) == (8, None) and [r["test_bpd"] for r in rows[:-1]] == [
+        None] * (len(rows) - 1)
+    assert final["test_bpd"] == pytest.approx(result.test_bpd)
+    assert final["val_bpd"] == epoch_rows[-1]["val_bpd"] == pytest.approx(result.val_bpd)
+    assert _png_size(out / "curves.png") == (800, 450)
     for e in (0, 1):  # 16 images of 8×8 in a 4×4 grid, 2-pixel padding: 42 px, ×13 >= 512
         assert _png_size(out / "samples" / f"epoch_{e:03d}.png") == (546, 546)
     assert not (out / "samples" / "final.png").exists()  # it ended with an epoch
@@ -599,7 +609,7 @@ def test_training_lowers_the_test_bits_per_dim(spec_file, tmp_path):
     trainer = Trainer(spec_file, cfg, tmp_path / "r", train_data=images(64),
                       test_data=images(32, seed=1), stream=io.StringIO())
     trainer.initialize()
-    before = trainer.evaluate()
+    before = trainer.evaluate("test")
     trainer.wrap()
     after = trainer.fit().test_bpd
     assert after < before - 0.2
@@ -620,7 +630,7 @@ def test_speed_and_stability_options_train(spec_file, tmp_path, option):
 
 
 def _folder_dataset(root: Path) -> Path:
-    for split, n in (("train", 16), ("test", 8)):
+    for split, n in (("train", 24), ("test", 8)):
         for i, img in enumerate(images(n, seed=len(split))):
             write_png(img[0].numpy().astype(np.uint8), root / split / f"{i:03d}.png")
     return root
@@ -632,7 +642,8 @@ def test_cli_trains_resumes_and_refuses_to_overwrite(spec_file, tmp_path, capsys
     cfg = tmp_path / "train.yaml"
     cfg.write_text(yaml.safe_dump({
         "dataset": "folder", "data_dir": str(data), "dataset_options": {"channels": 1},
-        "batch_size": 8, "epochs": 1, "warmup_steps": 2, "samples": 4, "tensorboard": False}))
+        "batch_size": 8, "epochs": 1, "warmup_steps": 2, "samples": 4, "tensorboard": False,
+        "val_images": 8}))
     out = tmp_path / "run"
     argv = ["train", str(spec_file), "--config", str(cfg), "--out", str(out)]
     assert main(argv) == 0

@@ -37,9 +37,9 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     spec = Path(tmp) / "tiny.yaml"
-    cfg = TrainConfig(batch_size=8, epochs=2, warmup_steps=2, samples=4, tensorboard=False,
+    cfg = TrainConfig(val_images=8, batch_size=8, epochs=2, warmup_steps=2, samples=4, tensorboard=False,
                       log_every=1, checkpoint_every=3, seed=1, device="cpu")
-    trainer = Trainer(spec, cfg, Path(tmp) / "run", train_data=images(32),
+    trainer = Trainer(spec, cfg, Path(tmp) / "run", train_data=images(40),
                       test_data=images(10, seed=1), stream=io.StringIO())
     assert trainer.dist.world_size == world and trainer.dist.rank == rank
     first = trainer.source.get(0, 0)
@@ -48,7 +48,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     trainer.wrap()
     result = trainer.fit()
     # SIGTERM reaches rank 0 alone, inside step 3: both ranks stop after that step.
-    again = Trainer(spec, cfg, Path(tmp) / "signalled", train_data=images(32),
+    again = Trainer(spec, cfg, Path(tmp) / "signalled", train_data=images(40),
                     stream=io.StringIO())
     calls = {"n": 0}
 
@@ -105,7 +105,7 @@ def test_torchrun_runs_the_cli_with_two_processes(tmp_path):
            "-m", "flowgraph.cli.main", "train", str(tmp_path / "tiny.yaml"), "--out", str(out),
            "--dataset", "folder", "--data-dir", str(data), "--dataset-options", "{channels: 1}",
            "--batch-size", "8", "--epochs", "1", "--warmup-steps", "1", "--samples", "4",
-           "--tensorboard", "false", "--device", "cpu"]
+           "--tensorboard", "false", "--device", "cpu", "--val-images", "8"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -21,8 +21,8 @@ Example:
     ...         "nodes": [{"id": "deq", "op": "dequantize_uniform", "in": "x"},
     ...                   {"id": "an", "op": "actnorm", "in": "deq"}],
     ...         "outputs": {"z": {"from": "an"}}}
-    >>> cfg = TrainConfig(epochs=1, batch_size=8, samples=0, warmup_steps=2)
-    >>> data = torch.randint(0, 256, (16, 1, 4, 4), dtype=torch.uint8)
+    >>> cfg = TrainConfig(epochs=1, batch_size=8, samples=0, warmup_steps=2, val_images=8)
+    >>> data = torch.randint(0, 256, (24, 1, 4, 4), dtype=torch.uint8)
     >>> with tempfile.TemporaryDirectory() as out:
     ...     result = train(spec, cfg, out, train_data=data, stream=io.StringIO())
     >>> result.step, result.epoch
@@ -314,8 +314,9 @@ class Trainer:
             self.sample(self.out / "samples" / "final.png")
         lr = (lr_at(cfg, self.step - 1, self.epoch, self.batch - 1) if self.batch else
               lr_at(cfg, max(self.step - 1, 0), max(self.epoch - 1, 0), per_epoch - 1))
-        self._row(lr, math.nan, None, None, wall, val, test)
         self.save("checkpoint.pt", wall)
+        # After checkpoint.pt, so that resuming a finished run (more epochs) drops this row.
+        self._row(lr, math.nan, None, None, wall, val, test)
         path = self.save("final.pt", wall)
         self.log.message(f"done: step {self.step}, epoch {self.epoch}, {self.skipped} skipped, "
                          f"val bpd {_fmt(val)}, test bpd {_fmt(test)}, {wall:.0f} s")
