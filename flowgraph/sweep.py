@@ -236,8 +236,8 @@ def write_report(plan: SweepPlan, out: Path, records: list[dict[str, Any]]) -> P
     by_row = {name: [r for r in records if r["row"] == name] for name in names}
     lines = [f"# {plan.name}", "",
              "mean ± std over seeds (sample standard deviation); bits/dim, lower is better", "",
-             "| row | parameters | steps | seeds | val bpd (K=1) | test bpd (K=1) | "
-             f"test bpd (IW, K={plan.eval.iw_k}, subset) |",
+             ("| row | parameters | steps | seeds | val bpd (K=1) | test bpd (K=1) | "
+              f"test bpd (IW, K={plan.eval.iw_k}, subset) |"),
              "|---|---|---|---|---|---|---|"]
     for name, rs in by_row.items():
         if not rs:
@@ -251,8 +251,8 @@ def write_report(plan: SweepPlan, out: Path, records: list[dict[str, Any]]) -> P
             f"{_mean_std([r['iw_bpd'] for r in rs if r['iw_bpd'] is not None])} |")
     sample = next(iter(records), None)
     if sample is not None:
-        lines += ["", f"K=1 on {sample['test_images']:,} test images; the IW bound on the first "
-                  f"{sample['iw_images']:,} (their K=1 mean is in results.csv)."]
+        lines += ["", (f"K=1 on {sample['test_images']:,} test images; the IW bound on the "
+                       f"first {sample['iw_images']:,} (their K=1 mean is in results.csv).")]
     md = out / "results.md"
     md.write_text("\n".join(lines) + "\n")
     with open(out / "results.csv", "w", newline="") as f:

@@ -92,7 +92,7 @@ def test_precise_bn_changes_only_batchnorm_buffers_to_the_batch_average(bn_flow)
         lambda m, a: seen_means[id(m)].append(a[0].detach().mean((0, 2, 3))))
         for m in layers]
     g = torch.Generator().manual_seed(0)
-    forward = lambda x: flow(x, None, flow.draw_noise(len(x), generator=g))  # noqa: E731
+    forward = lambda x: flow(x, None, flow.draw_noise(len(x), generator=g))
     flow.eval()
     try:
         assert precise_batchnorm(flow, batches, forward) == 24
