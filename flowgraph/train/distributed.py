@@ -1,9 +1,16 @@
-r"""DDP plumbing: the process group from torchrun's environment, and the module DDP wraps.
+r"""DDP plumbing: the process group from torchrun's environment, the module DDP wraps,
+BatchNorm over the global batch, and the TF32 switch.
 
 ``torchrun --nproc_per_node=N -m flowgraph.cli.main train ...`` sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; `setup_distributed` reads them and joins
 the group (nccl on CUDA, gloo on CPU). Multi-node works the same way (``--nnodes``,
-``--rdzv-endpoint``); the output folder must then be on a shared file system for `--resume`.
+``--rdzv-endpoint``; docs/gpu.md); the output folder must then be on a shared file system for
+`--resume`.
+
+Under DDP each process normalises its BatchNorm layers over its own B / R images unless they
+are converted (`convert_sync_batchnorm`) to `SyncBatchNorm`: statistics over the global batch,
+torch's CUDA kernels on GPUs and, since torch's class refuses CPU tensors, a differentiable
+all-reduce of the sums on the CPU (gloo), so CPU runs and tests normalise the same way.
 
 DDP only synchronises gradients of computations that run through the wrapped module's
 ``forward``, and the training loss is ``flow.log_prob_once``, not ``flow.forward``; so the
@@ -22,8 +29,8 @@ from torch import Tensor, nn
 
 from flowgraph.errors import FlowgraphError
 
-__all__ = ["BitsPerDim", "DistInfo", "all_reduce_sum", "setup_distributed",
-           "teardown_distributed"]
+__all__ = ["BitsPerDim", "DistInfo", "SyncBatchNorm", "all_reduce_sum",
+           "convert_sync_batchnorm", "set_tf32", "setup_distributed", "teardown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +126,77 @@ class BitsPerDim(nn.Module):
 
     def forward(self, x: Tensor, noise: Tensor | None) -> Tensor:
         return -self.flow.log_prob_once(x, None, noise).float() * self.scale
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """Allow (or forbid) TF32 for fp32 matmuls and convolutions on CUDA (process-wide; a no-op
+    on the CPU). Uses torch's ``fp32_precision`` settings where they exist: torch refuses a mix
+    of those and the older ``allow_tf32`` flags."""
+    if device.type != "cuda":
+        return
+    value = "tf32" if enabled else "ieee"
+    try:
+        torch.backends.cuda.matmul.fp32_precision = value
+        torch.backends.cudnn.conv.fp32_precision = value
+    except AttributeError:  # torch < 2.9
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """`torch.nn.SyncBatchNorm` that also runs on CPU tensors under a process group (gloo):
+    the per-channel sums are all-reduced with autograd, so gradients flow across processes."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type == "cuda" or not (self.training and dist.is_available()
+                                           and dist.is_initialized()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        return _global_batch_norm(self, x)
+
+
+def _global_batch_norm(bn: nn.SyncBatchNorm, x: Tensor) -> Tensor:
+    from torch.distributed.nn.functional import all_reduce  # differentiable (SUM)
+
+    dims = [0, *range(2, x.dim())]
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    group = bn.process_group or dist.group.WORLD
+    count = all_reduce(x.new_full((1,), x.numel() / x.shape[1]), group=group)
+    mean = all_reduce(x.sum(dims), group=group) / count
+    centred = x - mean.view(shape)
+    var = all_reduce(centred.square().sum(dims), group=group) / count  # two passes: accurate
+    if bn.training and bn.track_running_stats:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            momentum = (bn.momentum if bn.momentum is not None
+                        else 1.0 / float(bn.num_batches_tracked))
+            unbiased = var * (count / (count - 1).clamp_min(1))
+            bn.running_mean.lerp_(mean.detach().to(bn.running_mean.dtype), momentum)
+            bn.running_var.lerp_(unbiased.detach().to(bn.running_var.dtype), momentum)
+    y = centred * torch.rsqrt(var + bn.eps).view(shape)
+    if bn.weight is not None:
+        y = y * bn.weight.view(shape) + bn.bias.view(shape)
+    return y
+
+
+def convert_sync_batchnorm(module: nn.Module) -> int:
+    """Replace every BatchNorm layer inside `module` by a `SyncBatchNorm` that shares its
+    parameters and buffers (so optimizers, checkpoints and state-dict keys are unaffected).
+    Returns how many were replaced."""
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.modules.batchnorm._BatchNorm) or isinstance(
+                    child, nn.SyncBatchNorm):
+                continue
+            sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                 child.track_running_stats)
+            with torch.no_grad():
+                if child.affine:
+                    sync.weight, sync.bias = child.weight, child.bias
+            sync.running_mean, sync.running_var = child.running_mean, child.running_var
+            sync.num_batches_tracked = child.num_batches_tracked
+            sync.train(child.training)
+            parent.add_module(name, sync)
+            count += 1
+    return count
