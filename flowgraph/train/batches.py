@@ -166,8 +166,8 @@ class BatchSource:
         order = self._order(epoch)
         plan = [b for b in range(start, len(self)) if len(self._slice(order, b))]
         if self.tensor is not None or hasattr(self.data, "gather"):
-            if self.on_device:
-                order = order.to(self.device)  # once per epoch; slices of it are views
+            if self.on_device:  # once per epoch, asynchronously; slices of it are views
+                order = order.pin_memory().to(self.device, non_blocking=True)
             for b in plan:
                 yield b, self._read(self._slice(order, b))
             return

@@ -201,30 +201,36 @@ class Trainer:
         return ckpt
 
     def initialize(self) -> None:
-        """ActNorm's data-dependent init from this rank's share of the first batch."""
+        """ActNorm's data-dependent init from this rank's share of the first batch (after
+        the BatchNorm conversion, so that it sees the global batch's statistics too)."""
+        self._sync_batchnorm()
         if self.flow.is_initialized():
             return
         x = self._inputs(self.source.get(0, 0), 0)
+        noise = self._noise(len(x), "init", 0)
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(derive_seed(self.cfg.seed, "init", self.dist.rank))
             reduce = all_reduce_sum if self.dist.enabled else None
-            self.flow.initialize(x, None, all_reduce=reduce)
+            self.flow.initialize(x, None, all_reduce=reduce, noise=noise)
 
     def wrap(self) -> None:
         """Under DDP: BatchNorm over the global batch (`sync_batchnorm`) and the DDP wrapper
         (after `initialize`); then torch.compile when asked."""
-        if self.dist.enabled and self.cfg.sync_batchnorm is not False:
-            n = convert_sync_batchnorm(self.flow)
-            if n:
-                self.log.message(f"{n} BatchNorm layer(s) normalise over the global batch "
-                                 "(SyncBatchNorm)")
+        self._sync_batchnorm()
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=ids)
         if self.cfg.compile:
             self.loss = torch.compile(self.loss)
         self._prepare_skipping()
+
+    def _sync_batchnorm(self) -> None:
+        if self.dist.enabled and self.cfg.sync_batchnorm is not False:
+            n = convert_sync_batchnorm(self.flow, self.device)  # 0 the second time
+            if n:
+                self.log.message(f"{n} BatchNorm layer(s) normalise over the global batch "
+                                 "(sync_batchnorm)")
 
     def _prepare_skipping(self) -> None:
         self._masked = MaskedOptimizer(self.optimizer)
@@ -244,6 +250,12 @@ class Trainer:
         x = self.augment(x, generator=g, total=n * self.dist.world_size, offset=rank * n)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
+    def _noise(self, n: int, stream: str, step: int) -> Tensor:
+        """This rank's `n` rows of the model noise drawn for the global batch."""
+        g = generator(self.cfg.seed, stream, step, 0, device=self.device)
+        rank = self.dist.rank
+        return self.flow.draw_noise(n * self.dist.world_size, generator=g)[rank * n:(rank + 1) * n]
+
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
@@ -251,15 +263,13 @@ class Trainer:
         """One optimizer step, kept or skipped on the device. Returns the step's global
         bits/dim, gradient norm (before clipping) and skipped flag as device tensors; nothing
         here waits for the device (see the module docstring)."""
-        cfg, rank, world = self.cfg, self.dist.rank, self.dist.world_size
+        cfg, world = self.cfg, self.dist.world_size
         if self._masked is None:
             self._prepare_skipping()
         if self._acc is None:
             self._push()
         x = self._inputs(x_u8, self.step)
-        n = len(x)
-        g = generator(cfg.seed, "noise", self.step, 0, device=self.device)
-        noise = self.flow.draw_noise(n * world, generator=g)[rank * n:(rank + 1) * n]
+        noise = self._noise(len(x), "noise", self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self._guard.save()
@@ -305,11 +315,12 @@ class Trainer:
     def _push(self) -> None:
         """Host fields → device statistics (at the start, and after the host changed them)."""
         values = torch.tensor([*self.interval, *self.epoch_sum, self.skipped, self.streak,
-                               0, 0, 0], dtype=torch.float64)
+                               0, 0, 0], dtype=torch.float64,
+                              pin_memory=self.device.type == "cuda")  # an asynchronous copy
         if self._acc is None:
-            self._acc = values.to(self.device)
+            self._acc = values.to(self.device, non_blocking=True)
         else:
-            self._acc.copy_(values)
+            self._acc.copy_(values, non_blocking=True)
 
     def _pull(self) -> tuple[bool, bool]:
         """Device statistics → host fields: the one host sync (sync points only). Raises on
