@@ -572,7 +572,8 @@ def test_gpu_check_runs_its_cpu_fallback(tmp_path):
     result = json.loads((tmp_path / "gpu_check.json").read_text())
     assert result["cpu_fallback"] is True and result["device"] == "cpu"
     runs = result["train"]
-    assert [r["config"] for r in runs] == ["fp32", "tf32", "bf16+channels_last+compile"]
+    assert [r["config"] for r in runs] == ["fp32", "tf32", "bf16+channels_last",
+                                           "bf16+channels_last+compile"]
     assert all(r["images_per_s"] > 0 and math.isfinite(r["bpd_last"]) for r in runs)
     assert result["sample"]["n"] > 0 and result["sample"]["seconds"] > 0
     assert result["flops_per_image"] > 0
