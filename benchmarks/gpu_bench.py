@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import subprocess
 import sys
@@ -44,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from flowgraph.train import TrainConfig, Trainer  # noqa: E402
+from flowgraph.train import TrainConfig, Trainer
 
 SPEC = ROOT / "specs" / "denseflow-74-10.yaml"
 CONFIGS = {

@@ -37,7 +37,7 @@ from flowgraph.train.inputs import compile_for_training
 from flowgraph.train.masked import BufferGuard, MaskedOptimizer, zero_unless
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import images  # noqa: E402
+from test_train import images
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -323,22 +323,22 @@ def test_gather_reads_across_chunks_like_the_joined_array():
 
 
 def test_under_ddp_each_rank_reads_only_its_share(tmp_path):
-    class Recording(ArrayImageDataset):
-        read: list[int] = []
+    read: list[int] = []
 
+    class Recording(ArrayImageDataset):
         def gather(self, indices, out=None):
-            type(self).read += list(np.asarray(indices))
+            read.extend(np.asarray(indices).tolist())
             return super().gather(indices, out)
 
     ds = Recording("t", "train", tmp_path, [np.zeros((40, 1, 1, 1), np.uint8)])
     seen = []
     for rank in range(2):
-        Recording.read = []
+        read.clear()
         source = BatchSource(ds, 8, seed=5, rank=rank, world_size=2)
         for b, _ in source.epoch(1):
-            assert Recording.read[-4:] == source.indices(1, b).tolist()
-        seen.append(set(Recording.read))
-        assert len(Recording.read) == 20  # 5 batches of 4: its half, nothing else
+            assert read[-4:] == source.indices(1, b).tolist()
+        seen.append(set(read))
+        assert len(read) == 20  # 5 batches of 4: its half, nothing else
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 40
 
 
@@ -431,8 +431,8 @@ out = {}
 for name, sync in (("sync", None), ("local", False)):
     if world == 1 and name == "local":
         break
-    t = Trainer(tmp / "tiny-bn.yaml", TrainConfig(**cfg, sync_batchnorm=sync), tmp / f"{name}{world}",
-                train_data=images(40), stream=io.StringIO())
+    t = Trainer(tmp / "tiny-bn.yaml", TrainConfig(**cfg, sync_batchnorm=sync),
+                tmp / f"{name}{world}", train_data=images(40), stream=io.StringIO())
     t.initialize()
     t.wrap()
     out[name + "_kinds"] = sorted({type(m).__name__ for m in t.flow.modules()
@@ -562,7 +562,7 @@ def test_the_training_loss_compiles_to_one_graph():
 # ------------------------------------------------------------------------ gpu_check.sh
 
 def test_gpu_check_runs_its_cpu_fallback(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1",
+    env = {**os.environ, "OUT": str(tmp_path), "OMP_NUM_THREADS": "1", "PYTHON": sys.executable,
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--cpu-dry-run"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,

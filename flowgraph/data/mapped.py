@@ -9,8 +9,8 @@ actually read are paged in.
 ``<cache_dir>/<tag>-<digest>.npy`` (so at most one chunk is in memory) and the labels into
 ``...labels.npy``, fsyncs, and renames the finished files into place (the labels first, so the
 images' file existing means both are complete); a file lock makes concurrent builders (the
-ranks of one machine) wait for the first. The digest covers the source files' names, sizes and modification times, so a
-changed source builds a new cache.
+ranks of one machine) wait for the first. The digest covers the source files' names, sizes
+and modification times, so a changed source builds a new cache.
 """
 
 from __future__ import annotations

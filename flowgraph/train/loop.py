@@ -253,8 +253,8 @@ class Trainer:
     def _noise(self, n: int, stream: str, step: int) -> Tensor:
         """This rank's `n` rows of the model noise drawn for the global batch."""
         g = generator(self.cfg.seed, stream, step, 0, device=self.device)
-        rank = self.dist.rank
-        return self.flow.draw_noise(n * self.dist.world_size, generator=g)[rank * n:(rank + 1) * n]
+        noise = self.flow.draw_noise(n * self.dist.world_size, generator=g)
+        return noise[self.dist.rank * n:(self.dist.rank + 1) * n]
 
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)

@@ -71,7 +71,8 @@ class BufferGuard:
 
 class MaskedOptimizer:
     """``step(keep)`` for a torch Adamax, Adam or AdamW (plain options: no amsgrad, maximize,
-    or tensor hyperparameters), with its state kept in that optimizer."""
+    or tensor hyperparameters), with its state kept in that optimizer. Create it after any
+    ``load_state_dict`` of the optimizer (it keeps references to the state tensors)."""
 
     KINDS = ((torch.optim.Adamax, "adamax"), (torch.optim.AdamW, "adamw"),
              (torch.optim.Adam, "adam"))
@@ -88,6 +89,7 @@ class MaskedOptimizer:
                                      f"{type(optimizer).__name__}.")
         self.optimizer, self.kind = optimizer, kind
         self.second = "exp_inf" if kind == "adamax" else "exp_avg_sq"
+        self._state_lists: dict[int, tuple[list[Tensor], ...]] = {}  # group: (m, v, steps)
         # A group whose parameters share one step count (all got gradients at every step and
         # started together) takes its bias correction from one 0-d tensor: foreach fast paths.
         self.lockstep = [self._same_steps(g["params"]) for g in optimizer.param_groups]
@@ -122,9 +124,14 @@ class MaskedOptimizer:
                 continue
             if len(params) != len(group["params"]):
                 self.lockstep[i] = False  # the others' step counts move on without these
-            states = [self._state(p) for p in params]
-            lists = (params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                     [s[self.second] for s in states], [s["step"] for s in states])
+            state = self._state_lists.get(i) if len(params) == len(group["params"]) else None
+            if state is None:
+                states = [self._state(p) for p in params]
+                state = ([s["exp_avg"] for s in states], [s[self.second] for s in states],
+                         [s["step"] for s in states])
+                if len(params) == len(group["params"]):  # the usual case: built once
+                    self._state_lists[i] = state
+            lists = (params, [p.grad for p in params], *state)
             k = keep.to(params[0].dtype)
             if self.lockstep[i]:
                 self._update(group, k, *lists)
