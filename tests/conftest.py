@@ -19,6 +19,8 @@ PLUGIN = ROOT / "tests" / "plugin_example"
 
 
 def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one; "
+                            "benchmarks/gpu_check.sh runs them)")
     target = Path(tempfile.mkdtemp(prefix="flowgraph-plugin-"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                     "--no-build-isolation", "--disable-pip-version-check", "--target",

@@ -15,7 +15,7 @@ from flowgraph.compile import compile_spec
 from flowgraph.data.dataset import ArrayImageDataset
 from flowgraph.errors import FlowgraphError
 from flowgraph.train.config import TrainConfig
-from flowgraph.train.inputs import load_splits, split_validation
+from flowgraph.train.inputs import ImageRange, load_splits, split_validation
 from flowgraph.train.precise_bn import batchnorm_layers, precise_batchnorm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +52,10 @@ def test_validation_is_the_training_tail_and_overlaps_neither_train_nor_test(kin
     assert ids(val) == set(range(75, 100)) and ids(train) == set(range(75))
     assert not ids(val) & ids(train) and not ids(val) & ids(test_out)
     assert test_out is test
+    if kind != "tensor":  # read in place from the chunks, never concatenated
+        assert isinstance(val, ImageRange) and val.data is data
+        assert torch.equal(val.gather([0, 24]), images[[75, 99]])
+        assert val.nbytes == 25 * 4
 
 
 def test_an_explicit_validation_set_wins_and_zero_holds_out_nothing():

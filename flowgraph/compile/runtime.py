@@ -146,13 +146,15 @@ class CompiledFlow(nn.Module):
 
     @torch.jit.unused
     def initialize(self, x: Tensor, context: Optional[Tensor] = None,
-                   all_reduce: Optional[Callable[[Tensor], Tensor]] = None) -> None:
+                   all_reduce: Optional[Callable[[Tensor], Tensor]] = None,
+                   noise: Optional[Tensor] = None) -> None:
         """Data-dependent initialisation (ActNorm) from a batch, run once before training.
 
         Each module with a ``data_init`` method is initialised from its own input, in forward
         order, through forward pre-hooks; `forward` itself has no initialisation branch, so a
         loaded checkpoint is never re-initialised. `all_reduce` (sum across processes) makes
-        every rank compute identical statistics under DDP.
+        every rank compute identical statistics under DDP; `noise` (as for `log_prob_once`;
+        None: drawn from the global generator) lets it draw the same noise as one process.
         """
         hooks = []
 
@@ -164,7 +166,7 @@ class CompiledFlow(nn.Module):
                 hooks.append(m.register_forward_pre_hook(hook))
         try:
             with torch.no_grad():
-                self._forward_terms(x, context, None)
+                self._forward_terms(x, context, noise)
         finally:
             for h in hooks:
                 h.remove()

@@ -55,11 +55,12 @@ _INFOS = (
                 FASHION_MNIST_HOWTO, (1, 28, 28), default_dir=FASHION_MNIST_DIR),
     DatasetInfo("mnist", partial(load_idx_dataset, "mnist", howto=MNIST_HOWTO), MNIST_HOWTO,
                 (1, 28, 28)),
-    DatasetInfo("cifar10", load_cifar10, CIFAR10_HOWTO, (3, 32, 32), augment="eta"),
+    DatasetInfo("cifar10", load_cifar10, CIFAR10_HOWTO, (3, 32, 32), options=("cache",),
+                augment="eta"),
     DatasetInfo("imagenet32", partial(load_imagenet, resolution=32), imagenet_howto(32),
-                (3, 32, 32), augment="eta"),
+                (3, 32, 32), options=("cache",), augment="eta"),
     DatasetInfo("imagenet64", partial(load_imagenet, resolution=64), imagenet_howto(64),
-                (3, 64, 64), augment="eta"),
+                (3, 64, 64), options=("cache",), augment="eta"),
     DatasetInfo("celeba", load_celeba, CELEBA_HOWTO, None, options=("crop", "size"),
                 augment="horizontal_flip"),
     DatasetInfo("folder", load_folder, FOLDER_HOWTO, None, options=("size", "channels")),
@@ -75,7 +76,9 @@ def load_dataset(name: str, split: Split, data_dir: str | Path | None = None,
 
     `data_dir` overrides the default folder (only "fashion-mnist" has one). Options:
     celeba ``crop="none"|"realnvp"`` (default "none", the official code's uncropped resize)
-    and ``size=64``; folder ``size=None|int`` and ``channels=3|1``.
+    and ``size=64``; folder ``size=None|int`` and ``channels=3|1``; cifar10, imagenet32 and
+    imagenet64 ``cache="none"|"auto"|folder`` (a one-time memory-mapped ``.npy`` copy, shared
+    by every process; `flowgraph.data.mapped`).
     Raises `DatasetOptionError` for an unknown name, split or option, and `DatasetError`
     (naming the path and how to get the data) for missing or corrupt files.
     """

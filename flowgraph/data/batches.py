@@ -1,6 +1,7 @@
 r"""Batch files shared by CIFAR-10 and downsampled ImageNet: a dict with ``data`` (uint8
 ``N x 3*H*W``, the R, G and B planes of each image one after another) and ``labels``, stored
-as a pickle (read with the restricted unpickler) or as an ``.npz`` (read without pickle)."""
+as a pickle (read with the restricted unpickler) or as an ``.npz`` (read without pickle; its
+``data`` member is memory-mapped when it is stored uncompressed and `read_batch` is asked to)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from flowgraph.data.errors import DatasetError, corrupt
+from flowgraph.data.mapped import map_npz_member
 from flowgraph.data.safe_pickle import load_pickle
 
 __all__ = ["read_batch", "rows_to_images"]
 
 
-def _load_npz(path: Path, what: str, howto: str) -> dict[str, Any]:
+def _load_npz(path: Path, what: str, howto: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     try:
         with open(path, "rb") as file:
             loaded = np.load(file, allow_pickle=False)
@@ -25,7 +27,7 @@ def _load_npz(path: Path, what: str, howto: str) -> dict[str, Any]:
                 raise corrupt(path, what, "it must be an .npz archive with 'data' and 'labels'",
                               f"a single .npy array of shape {loaded.shape}", howto)
             with loaded:
-                return {key: loaded[key] for key in loaded.files}
+                return {key: loaded[key] for key in loaded.files if key not in skip}
     except DatasetError:
         raise
     except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, KeyError) as e:
@@ -38,11 +40,18 @@ def _text_keys(batch: Mapping[Any, Any]) -> dict[str, Any]:
     return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in batch.items()}
 
 
-def read_batch(path: Path, *, what: str, columns: int, howto: str,
+def read_batch(path: Path, *, what: str, columns: int, howto: str, mmap: bool = False,
                ) -> tuple[np.ndarray, np.ndarray]:
-    """Read one batch file and check it; returns (data ``[N, columns]`` uint8, labels int64)."""
+    """Read one batch file and check it; returns (data ``[N, columns]`` uint8, labels int64).
+    With `mmap`, an uncompressed ``.npz``'s data is a read-only memory map."""
     is_npz = path.suffix == ".npz"
-    raw = _load_npz(path, what, howto) if is_npz else load_pickle(path, what, howto)
+    mapped = map_npz_member(path, "data") if is_npz and mmap else None
+    if is_npz:
+        raw = _load_npz(path, what, howto, skip=("data",) if mapped is not None else ())
+        if mapped is not None:
+            raw["data"] = mapped
+    else:
+        raw = load_pickle(path, what, howto)
     if not isinstance(raw, Mapping):
         raise corrupt(path, what, "it must hold a dict with keys 'data' and 'labels'",
                       f"a {type(raw).__name__}", howto)

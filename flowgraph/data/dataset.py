@@ -1,5 +1,6 @@
-r"""`ImageDataset`: uint8 [C, H, W] images, held in memory (`ArrayImageDataset`) or decoded
-lazily from image files (`FileImageDataset` with an `ImageDecoder`)."""
+r"""`ImageDataset`: uint8 [C, H, W] images, held in memory or memory-mapped
+(`ArrayImageDataset`) or decoded lazily from image files (`FileImageDataset` with an
+`ImageDecoder`)."""
 
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ class ImageDataset(Dataset[Tensor]):
 
 
 class ArrayImageDataset(ImageDataset):
-    """Images held in memory as uint8 arrays ``[n_k, C, H, W]`` (one or more chunks, never
-    concatenated, so a multi-file dataset needs no second copy)."""
+    """Images as uint8 arrays ``[n_k, C, H, W]``, in memory or memory-mapped (read-only arrays
+    are kept as they are). The chunks are never joined: `gather` indexes across them, so a
+    multi-file dataset (ImageNet's ten batch files) is held once."""
 
     def __init__(self, name: str, split: str, root: Path, chunks: Sequence[np.ndarray],
                  labels: np.ndarray | None = None):
@@ -62,7 +64,7 @@ class ArrayImageDataset(ImageDataset):
             raise ValueError(f"{name} {split}: chunks must be uint8 [n, C, H, W] of one shape. "
                              f"Got {[(c.dtype.name, c.shape) for c in chunks]}.")
         self.name, self.split, self.root = name, split, root
-        self._chunks = [torch.from_numpy(np.require(c, requirements=["C", "W"])) for c in chunks]
+        self._chunks = [np.require(c, requirements=["C"]) for c in chunks]  # views: no copy
         self._ends = np.cumsum([len(c) for c in chunks])
         self.shape = tuple(int(d) for d in chunks[0].shape[1:])  # type: ignore[assignment]
         if labels is not None and len(labels) != self._ends[-1]:
@@ -73,14 +75,53 @@ class ArrayImageDataset(ImageDataset):
     def __len__(self) -> int:
         return int(self._ends[-1])
 
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c in self._chunks)
+
+    def chunks(self) -> list[np.ndarray]:
+        """The image arrays, in order (read-only when memory-mapped; do not write to them)."""
+        return list(self._chunks)
+
     def _get(self, index: int) -> Tensor:
         k = int(np.searchsorted(self._ends, index, side="right"))
         start = int(self._ends[k - 1]) if k else 0
-        return self._chunks[k][index - start].clone()
+        return torch.from_numpy(np.array(self._chunks[k][index - start]))  # a writable copy
+
+    def gather(self, indices: Tensor | np.ndarray | Sequence[int], out: Tensor | None = None
+               ) -> Tensor:
+        """Images ``indices`` as uint8 ``[len(indices), C, H, W]``, read straight from the
+        chunks (a memory-mapped chunk reads only these images); written into `out` (a CPU
+        uint8 tensor of that shape, pinned for instance) when given."""
+        idx = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices,
+                         dtype=np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            bad = int(idx[(idx < 0) | (idx >= n)][0])
+            raise IndexError(f"{self.name} {self.split}: index out of range [0, {n}). Got {bad}.")
+        shape = (len(idx), *self.shape)
+        if out is None:
+            out = torch.empty(shape, dtype=torch.uint8)
+        elif tuple(out.shape) != shape or out.dtype != torch.uint8 or out.device.type != "cpu":
+            raise ValueError(f"{self.name} {self.split}: gather needs a CPU uint8 `out` of shape "
+                             f"{list(shape)}. Got {out.dtype} {list(out.shape)} on {out.device}.")
+        dst = out.numpy()
+        if len(self._chunks) == 1:
+            np.take(self._chunks[0], idx, axis=0, out=dst, mode="clip")  # bounds checked above
+            return out
+        which = np.searchsorted(self._ends, idx, side="right")
+        for k in np.unique(which):
+            rows = np.nonzero(which == k)[0]
+            start = int(self._ends[k - 1]) if k else 0
+            dst[rows] = self._chunks[k][idx[rows] - start]
+        return out
 
     def images(self) -> Tensor:
-        """All images as one uint8 tensor ``[N, C, H, W]`` (a view when there is one chunk)."""
-        return self._chunks[0] if len(self._chunks) == 1 else torch.cat(self._chunks)
+        """All images as one uint8 tensor ``[N, C, H, W]``: a view of a single writable chunk,
+        else a joined copy (a second copy of the data; training reads through `gather`)."""
+        if len(self._chunks) == 1 and self._chunks[0].flags.writeable:
+            return torch.from_numpy(self._chunks[0])
+        return torch.from_numpy(np.concatenate(self._chunks))
 
 
 @dataclass(frozen=True)

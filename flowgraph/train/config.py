@@ -100,6 +100,13 @@ class TrainConfig(BaseModel):
     bf16: bool = False
     compile: bool = False
     channels_last: bool = False
+    tf32: bool = Field(True, description="TF32 for fp32 matmuls/convolutions on CUDA (no-op on "
+                                         "CPU)")
+    device_data_mb: float = Field(1024, ge=0, description="hold a uint8 split (train, test) "
+                                  "on the GPU when it is at most this many MiB (0: never)")
+    # distributed
+    sync_batchnorm: bool | None = Field(None, description="BatchNorm over the global batch "
+                                        "under DDP (None: on when there are several processes)")
     # evaluation (the test split is read only for the final report)
     val_images: int = Field(5000, ge=0, description="the last N training images are held out "
                             "for validation (0: none)")

@@ -1,9 +1,17 @@
-r"""DDP plumbing: the process group from torchrun's environment, and the module DDP wraps.
+r"""DDP plumbing: the process group from torchrun's environment, the module DDP wraps,
+BatchNorm over the global batch, and the TF32 switch.
 
 ``torchrun --nproc_per_node=N -m flowgraph.cli.main train ...`` sets ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``; `setup_distributed` reads them and joins
 the group (nccl on CUDA, gloo on CPU). Multi-node works the same way (``--nnodes``,
-``--rdzv-endpoint``); the output folder must then be on a shared file system for `--resume`.
+``--rdzv-endpoint``; docs/gpu.md); the output folder must then be on a shared file system for
+`--resume`.
+
+Under DDP each process normalises its BatchNorm layers over its own B / R images unless they
+are converted (`convert_sync_batchnorm`): to torch's `nn.SyncBatchNorm` on GPUs, and on the CPU
+(gloo; torch's class refuses CPU tensors and DDP refuses it on CPU modules) to
+`GlobalBatchNorm`, a differentiable all-reduce of the sums, so CPU runs and tests normalise over
+the global batch the same way.
 
 DDP only synchronises gradients of computations that run through the wrapped module's
 ``forward``, and the training loss is ``flow.log_prob_once``, not ``flow.forward``; so the
@@ -15,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -22,8 +31,8 @@ from torch import Tensor, nn
 
 from flowgraph.errors import FlowgraphError
 
-__all__ = ["BitsPerDim", "DistInfo", "all_reduce_sum", "setup_distributed",
-           "teardown_distributed"]
+__all__ = ["BitsPerDim", "DistInfo", "GlobalBatchNorm", "all_reduce_sum",
+           "convert_sync_batchnorm", "set_tf32", "setup_distributed", "teardown_distributed"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +128,93 @@ class BitsPerDim(nn.Module):
 
     def forward(self, x: Tensor, noise: Tensor | None) -> Tensor:
         return -self.flow.log_prob_once(x, None, noise).float() * self.scale
+
+
+def set_tf32(device: torch.device, enabled: bool) -> None:
+    """Allow (or forbid) TF32 for fp32 matmuls and convolutions on CUDA (process-wide; a no-op
+    on the CPU). Uses torch's ``fp32_precision`` settings where they exist: torch refuses a mix
+    of those and the older ``allow_tf32`` flags."""
+    if device.type != "cuda":
+        return
+    value = "tf32" if enabled else "ieee"
+    try:
+        torch.backends.cuda.matmul.fp32_precision = value
+        torch.backends.cudnn.conv.fp32_precision = value
+    except AttributeError:  # torch < 2.9
+        torch.backends.cuda.matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+class _SumAcrossProcesses(torch.autograd.Function):
+    """Sum over processes; the gradient of a sum is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor) -> Tensor:
+        out = t.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        out = grad.clone()
+        dist.all_reduce(out)
+        return out
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch for CPU processes (gloo), where torch's SyncBatchNorm
+    refuses to run and DDP refuses to wrap it: per-channel sums and squared deviations are
+    summed across processes with autograd. Without a process group, or in eval mode, it is a
+    plain BatchNorm."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"GlobalBatchNorm expects at least 2-D input. Got {x.dim()}-D.")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        self._check_input_dim(x)
+        total = _SumAcrossProcesses.apply
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = total(x.new_full((1,), x.numel() / x.shape[1]))
+        mean = total(x.sum(dims)) / count
+        centred = x - mean.view(shape)
+        var = total(centred.square().sum(dims)) / count  # two passes: no cancellation
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = (self.momentum if self.momentum is not None
+                            else 1.0 / float(self.num_batches_tracked))
+                unbiased = var * (count / (count - 1).clamp_min(1))
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        y = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.weight is not None:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> int:
+    """Replace every BatchNorm layer inside `module` by one over the global batch — torch's
+    `nn.SyncBatchNorm` for CUDA, `GlobalBatchNorm` for the CPU — sharing its parameters and
+    buffers (so optimizers, checkpoints and state-dict keys are unaffected). Returns how many
+    were replaced (0 the second time)."""
+    cls = nn.SyncBatchNorm if device.type == "cuda" else GlobalBatchNorm
+    count = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.modules.batchnorm._BatchNorm) or isinstance(
+                    child, (nn.SyncBatchNorm, GlobalBatchNorm)):
+                continue
+            new = cls(child.num_features, child.eps, child.momentum, child.affine,
+                      child.track_running_stats)
+            if child.affine:
+                new.weight, new.bias = child.weight, child.bias
+            new.running_mean, new.running_var = child.running_mean, child.running_var
+            new.num_batches_tracked = child.num_batches_tracked
+            new.train(child.training)
+            parent.add_module(name, new)
+            count += 1
+    return count

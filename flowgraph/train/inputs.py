@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -79,6 +80,24 @@ class ImageRange(Dataset):
     def __len__(self) -> int:
         return self.stop - self.start
 
+    def __getattr__(self, name: str) -> Any:
+        # `gather` and `nbytes` exist exactly when the underlying dataset has them, so
+        # `BatchSource` reads a range of an in-memory or mapped dataset in place too.
+        if name in ("gather", "nbytes") and "data" in self.__dict__ and hasattr(self.data, name):
+            return getattr(self, f"_{name}")()
+        raise AttributeError(name)
+
+    def _gather(self) -> Any:
+        def gather(indices: Any, out: Tensor | None = None) -> Tensor:
+            idx = torch.as_tensor(indices, dtype=torch.int64).reshape(-1)
+            if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
+                raise IndexError(f"index outside [0, {len(self)}).")
+            return self.data.gather(idx + self.start, out=out)
+        return gather
+
+    def _nbytes(self) -> int:
+        return self.data.nbytes * len(self) // max(len(self.data), 1)
+
     def __getitem__(self, index: int) -> Tensor:
         i = int(index)
         if not 0 <= i < len(self):
@@ -98,9 +117,8 @@ def split_validation(train: Any, n: int) -> tuple[Any, Any]:
     if n >= total:
         raise FlowgraphError(f"val_images ({n}) must be smaller than the training set "
                              f"({total} images); lower val_images or set it to 0.")
-    whole = train.images() if hasattr(train, "images") else train
-    if isinstance(whole, Tensor):  # views of the one in-memory copy
-        return whole[:total - n], whole[total - n:]
+    if isinstance(train, Tensor):  # views: no copy
+        return train[:total - n], train[total - n:]
     return ImageRange(train, 0, total - n), ImageRange(train, total - n, total)
 
 

@@ -1,11 +1,23 @@
 r"""`Trainer`: the training loop of `flowgraph train` (single process or DDP).
 
-One step: augment this rank's uint8 batch and draw the model noise (generators seeded by
-(seed, step, rank)), set the lr (`lr_at`), loss = mean single-sample bits/dim, backward, clip
-(optionally), Adamax step. A step whose loss or gradient is non-finite is skipped (no optimizer
-step, gradients dropped, BatchNorm statistics restored) and counted; `max_nonfinite` in a row
-stop the run with the first bad node named (`flowgraph.train.nonfinite`). ActNorm is
-initialised from the first batch before DDP wraps the model, and never after a resume.
+One step: copy this rank's uint8 batch to the device (asynchronously from pinned memory, or
+already there: `flowgraph.train.batches`), augment it and draw the model noise there
+(generators seeded by (seed, step); each rank draws the global batch's randomness and takes its
+slice, so the data of a step does not depend on the number of processes), set the lr
+(`lr_at`), loss = mean single-sample bits/dim, backward, clip (optionally), Adamax step. A step
+whose loss or gradient is non-finite is skipped (parameters, optimizer state and BatchNorm
+statistics exactly as before) and counted; `max_nonfinite` in a row stop the run with the first
+bad node named (`flowgraph.train.nonfinite`). ActNorm is initialised from the first batch before
+DDP wraps the model, and never after a resume.
+
+No host synchronisation inside a step: the skip is decided on the device
+(`flowgraph.train.masked`), and the step statistics (bits/dim and gradient-norm sums, counts,
+skipped steps, the non-finite streak, DDP's stop flags) are accumulated in a device tensor that
+is read once (`_pull`) at the sync points: every `log_every` steps, checkpoints, epoch ends and
+the end of the run. So the `max_nonfinite` stop, and under DDP the SIGTERM/SIGINT and `max_time`
+stops, take effect at the next sync point (steps after a reached `max_nonfinite` are skipped
+until then); a single process stops at once on a signal or `max_time`. The progress bar is
+redrawn at sync points too.
 
 Crash safety: checkpoints are written atomically and record the metrics files' sizes and the
 running sums of the current logging interval, so a run resumed after SIGKILL continues the
@@ -55,12 +67,15 @@ from flowgraph.train.config import TrainConfig
 from flowgraph.train.distributed import (
     BitsPerDim,
     all_reduce_sum,
+    convert_sync_batchnorm,
     resolve_device,
+    set_tf32,
     setup_distributed,
     teardown_distributed,
 )
 from flowgraph.train.inputs import augment_for, compile_for_training, load_splits
 from flowgraph.train.interrupt import StopSignals, TrainingInterrupted
+from flowgraph.train.masked import BufferGuard, MaskedOptimizer, zero_unless
 from flowgraph.train.nonfinite import find_nonfinite_node
 from flowgraph.train.precise_bn import precise_batchnorm
 from flowgraph.train.progress import MetricsLog, ProgressBar
@@ -68,6 +83,12 @@ from flowgraph.train.schedule import lr_at
 from flowgraph.train.state import capture_rng, restore_rng
 
 __all__ = ["TrainResult", "Trainer", "TrainingInterrupted", "train"]
+
+# The device statistics (`Trainer._acc`, float64): interval bits/dim sum, count, grad-norm sum,
+# count; epoch bits/dim sum, count; skipped steps; then:
+_STREAK = 7  # non-finite steps in a row
+_HIT = 8  # the step at which the streak reached max_nonfinite (0: not reached)
+# 9, 10: max_time reached, signalled (DDP: summed over processes)
 
 
 @dataclass(frozen=True)
@@ -93,6 +114,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
         self.dist = setup_distributed(self.device)
+        set_tf32(self.device, cfg.tf32)
         self.out = Path(out_dir)
         self.flow = flow if flow is not None else compile_for_training(
             spec, overrides, cfg.seed)
@@ -103,24 +125,33 @@ class Trainer:
         self.signals = StopSignals()
         self.evaluated: dict[str, tuple[int, float | None]] = {}  # split: (step, bpd)
         self.bn_step = -1  # the step at which BatchNorm statistics were last re-estimated
+        self._acc: Tensor | None = None  # the device statistics (`_push`, `_tally`, `_pull`)
+        self._masked: MaskedOptimizer | None = None
+        self._guard: BufferGuard | None = None
+        self._last: tuple[Tensor, Tensor] | None = None  # the last step's input, for replays
         ckpt = self._load(Path(resume)) if resume is not None else None
         train_data, val_data, test_data = load_splits(cfg, self.flow, train_data, test_data,
                                                       val_data)
         r, w = self.dist.rank, self.dist.world_size
+        budget = int(cfg.device_data_mb * 2**20)
         self.source = BatchSource(train_data, cfg.batch_size, seed=cfg.seed, rank=r,
-                                  world_size=w, workers=cfg.workers)
+                                  world_size=w, workers=cfg.workers, device=self.device,
+                                  device_budget=budget)
         if len(self.source) == 0:
             raise FlowgraphError(f"the training set has {self.source.n} images, fewer than one "
                                  f"batch (batch_size {cfg.batch_size}).")
         eval_bs = cfg.eval_batch_size or cfg.batch_size
         self.val, self.test = (None if data is None else BatchSource(
             data, eval_bs, seed=cfg.seed, rank=r, world_size=w, workers=cfg.workers,
-            shuffle=False, drop_last=False) for data in (val_data, test_data))
+            shuffle=False, drop_last=False, device=self.device, device_budget=budget)
+            for data in (val_data, test_data))
         # Precise BN reads the same fixed random training images every time; full batches
-        # only, so that every rank runs the same number of forwards (SyncBatchNorm).
+        # only, so that every rank runs the same number of forwards (SyncBatchNorm). A few
+        # batches: copied from the host (no second device copy of the training set).
         self.bn_images = BatchSource(train_data, min(eval_bs, cfg.precise_bn or eval_bs),
                                      seed=derive_seed(cfg.seed, "precise_bn"), rank=r,
-                                     world_size=w, workers=cfg.workers)
+                                     world_size=w, workers=cfg.workers, device=self.device,
+                                     device_budget=0)
         self.augment = augment_for(cfg)
         self.flow.to(self.device)
         if cfg.channels_last:
@@ -182,72 +213,144 @@ class Trainer:
         return ckpt
 
     def initialize(self) -> None:
-        """ActNorm's data-dependent init from this rank's share of the first batch."""
+        """ActNorm's data-dependent init from this rank's share of the first batch (after
+        the BatchNorm conversion, so that it sees the global batch's statistics too)."""
+        self._sync_batchnorm()
         if self.flow.is_initialized():
             return
-        x = self.source.get(0, 0)
-        x = self.augment(x, generator=generator(self.cfg.seed, "augment", 0, self.dist.rank))
+        x = self._inputs(self.source.get(0, 0), 0)
+        noise = self._noise(len(x), "init", 0)
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(derive_seed(self.cfg.seed, "init", self.dist.rank))
             reduce = all_reduce_sum if self.dist.enabled else None
-            self.flow.initialize(self._to_device(x), None, all_reduce=reduce)
+            self.flow.initialize(x, None, all_reduce=reduce, noise=noise)
 
     def wrap(self) -> None:
-        """Wrap the loss module in DDP (after `initialize`) and/or torch.compile."""
+        """Under DDP: BatchNorm over the global batch (`sync_batchnorm`) and the DDP wrapper
+        (after `initialize`); then torch.compile when asked."""
+        self._sync_batchnorm()
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss = nn.parallel.DistributedDataParallel(self.loss, device_ids=ids)
         if self.cfg.compile:
             self.loss = torch.compile(self.loss)
+        self._prepare_skipping()
+
+    def _sync_batchnorm(self) -> None:
+        if self.dist.enabled and self.cfg.sync_batchnorm is not False:
+            n = convert_sync_batchnorm(self.flow, self.device)  # 0 the second time
+            if n:
+                self.log.message(f"{n} BatchNorm layer(s) normalise over the global batch "
+                                 "(sync_batchnorm)")
+
+    def _prepare_skipping(self) -> None:
+        self._masked = MaskedOptimizer(self.optimizer)
+        self._guard = BufferGuard(list(self.flow.buffers()))
 
     # -- one step -------------------------------------------------------------------------
     def _to_device(self, x: Tensor) -> Tensor:
         x = x.to(self.device, non_blocking=True)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
+    def _inputs(self, x_u8: Tensor, step: int) -> Tensor:
+        """This rank's batch of `step` on the device, augmented there. The augmentation is
+        drawn for the global batch (rank 0's stream of old) and sliced, as the noise is."""
+        n, rank = len(x_u8), self.dist.rank
+        x = x_u8.to(self.device, non_blocking=True)
+        g = generator(self.cfg.seed, "augment", step, 0, device=self.device)
+        x = self.augment(x, generator=g, total=n * self.dist.world_size, offset=rank * n)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def _noise(self, n: int, stream: str, step: int) -> Tensor:
+        """This rank's `n` rows of the model noise drawn for the global batch."""
+        g = generator(self.cfg.seed, stream, step, 0, device=self.device)
+        noise = self.flow.draw_noise(n * self.dist.world_size, generator=g)
+        return noise[self.dist.rank * n:(self.dist.rank + 1) * n]
+
     def _autocast(self) -> Any:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
-    def train_step(self, x_u8: Tensor, lr: float, time_up: bool = False) -> dict[str, Any]:
-        """One optimizer step (or a skipped one); returns the global loss and flags."""
-        cfg, rank = self.cfg, self.dist.rank
-        x = self._to_device(self.augment(x_u8, generator=generator(cfg.seed, "augment",
-                                                                    self.step, rank)))
-        g = generator(cfg.seed, "noise", self.step, rank, device=self.device)
-        noise = self.flow.draw_noise(len(x), generator=g)
+    def train_step(self, x_u8: Tensor, lr: float, time_up: bool = False) -> dict[str, Tensor]:
+        """One optimizer step, kept or skipped on the device. Returns the step's global
+        bits/dim, gradient norm (before clipping) and skipped flag as device tensors; nothing
+        here waits for the device (see the module docstring)."""
+        cfg, world = self.cfg, self.dist.world_size
+        if self._masked is None:
+            self._prepare_skipping()
+        if self._acc is None:
+            self._push()
+        x = self._inputs(x_u8, self.step)
+        noise = self._noise(len(x), "noise", self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        buffers = [b.clone() for b in self.flow.buffers()]
+        self._guard.save()
         with self._autocast():
             loss = self.loss(x, noise).float().mean()
         loss.backward()
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-        bad = ~torch.isfinite(loss) | ~torch.isfinite(norm)
-        # A stop signal seen by any process by now stops all of them after this step.
-        signalled = self.signals.signum is not None
-        stats = torch.stack([torch.nan_to_num(loss.detach()) * len(x), loss.new_tensor(len(x)),
-                             bad.float(), loss.new_tensor(float(time_up)),
-                             loss.new_tensor(float(signalled))])
-        total, count, n_bad, n_up, n_sig = all_reduce_sum(stats).tolist()
-        self.step, self.batch = self.step + 1, self.batch + 1
-        if n_bad:
-            self.optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                torch._foreach_copy_(list(self.flow.buffers()), buffers)
-            self.skipped, self.streak = self.skipped + 1, self.streak + 1
-            if self.streak >= cfg.max_nonfinite:
-                where = find_nonfinite_node(self.flow, x, noise)
-                raise FlowgraphError(
-                    f"training stopped: {self.streak} consecutive non-finite steps (step "
-                    f"{self.step}, {self.skipped} skipped in all); first non-finite: {where}")
-            return {"bpd": None, "grad_norm": None, "stop": bool(n_up), "signal": bool(n_sig)}
-        self.optimizer.step()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]
+                  if p.grad is not None]
+        grads = [p.grad for p in params]
+        norm = torch.nn.utils.get_total_norm(grads)
+        bpd, flags = loss.detach(), None
+        if self.dist.enabled:  # A stop seen by any process stops all at the next sync point.
+            signalled = self.signals.signum is not None
+            stats = all_reduce_sum(torch.stack([bpd, torch.full_like(bpd, float(time_up)),
+                                                torch.full_like(bpd, float(signalled))]))
+            bpd, flags = stats[0] / world, stats[1:]
+        bad = ~torch.isfinite(bpd) | ~torch.isfinite(norm) | (
+            self._acc[_STREAK] >= cfg.max_nonfinite)  # reached: skip until the sync point
+        keep = ~bad
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip, norm)
+        zero_unless(grads, keep)
+        self._masked.step(keep)
+        self._guard.restore_unless(keep)
         self.optimizer.zero_grad(set_to_none=True)
-        self.streak = 0
-        return {"bpd": total / count, "grad_norm": float(norm), "stop": bool(n_up),
-                "signal": bool(n_sig)}
+        self.step, self.batch = self.step + 1, self.batch + 1
+        self._tally(bpd, norm, bad, flags)
+        self._last = (x, noise)
+        return {"bpd": bpd, "grad_norm": norm, "skipped": bad}
+
+    # -- the device statistics ----------------------------------------------------------------
+    def _tally(self, bpd: Tensor, norm: Tensor, bad: Tensor, flags: Tensor | None) -> None:
+        acc, keep = self._acc, (~bad).double()
+        b = torch.nan_to_num(bpd.double()) * keep
+        acc[:_STREAK] += torch.stack([b, keep, torch.nan_to_num(norm.double()) * keep, keep,
+                                      b, keep, bad.double()])
+        acc[_STREAK] = (acc[_STREAK] + 1) * bad
+        reached = (acc[_HIT] == 0) & (acc[_STREAK] >= self.cfg.max_nonfinite)
+        acc[_HIT] = torch.where(reached, float(self.step), acc[_HIT])
+        if flags is not None:
+            acc[_HIT + 1:] += flags.double()
+
+    def _push(self) -> None:
+        """Host fields → device statistics (at the start, and after the host changed them)."""
+        values = torch.tensor([*self.interval, *self.epoch_sum, self.skipped, self.streak,
+                               0, 0, 0], dtype=torch.float64,
+                              pin_memory=self.device.type == "cuda")  # an asynchronous copy
+        if self._acc is None:
+            self._acc = values.to(self.device, non_blocking=True)
+        else:
+            self._acc.copy_(values, non_blocking=True)
+
+    def _pull(self) -> tuple[bool, bool]:
+        """Device statistics → host fields: the one host sync (sync points only). Raises on
+        `max_nonfinite` non-finite steps in a row; returns (max_time reached, signalled) as
+        any process saw them under DDP."""
+        if self._acc is None:
+            return False, False
+        v = self._acc.tolist()
+        self.interval = [v[0], int(v[1]), v[2], int(v[3])]
+        self.epoch_sum = [v[4], int(v[5])]
+        self.skipped, self.streak = int(v[6]), int(v[_STREAK])
+        if v[_HIT]:
+            where = find_nonfinite_node(self.flow, *self._last)
+            raise FlowgraphError(
+                f"training stopped: {self.cfg.max_nonfinite} consecutive non-finite steps "
+                f"(step {int(v[_HIT])}, {self.skipped} skipped in all); first non-finite: "
+                f"{where}")
+        return bool(v[_HIT + 1]), bool(v[_HIT + 2])
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self) -> TrainResult:
@@ -258,54 +361,62 @@ class Trainer:
         cfg, per_epoch = self.cfg, len(self.source)
         epochs = cfg.epochs + cfg.finetune_epochs
         start, images, t_int = time.perf_counter(), 0, time.perf_counter()
-        acc = self.interval
         rate, stop, signalled = 0.0, False, False
         self.flow.train()
+        self._push()
         while self.epoch < epochs and not stop:
             for b, x in self.source.epoch(self.epoch, self.batch):
                 if cfg.max_steps is not None and self.step >= cfg.max_steps:
                     stop = True
                     break
                 if self.signals.signum is not None and not self.dist.enabled:
-                    stop = signalled = True  # (with DDP the next step's all-reduce agrees)
+                    stop = signalled = True  # (with DDP the step's all-reduce spreads it)
                     break
                 lr = lr_at(cfg, self.step, self.epoch, b)
                 wall = self.wall0 + time.perf_counter() - start
-                out = self.train_step(x, lr, cfg.max_time is not None and wall >= cfg.max_time)
+                time_up = cfg.max_time is not None and wall >= cfg.max_time
+                self.train_step(x, lr, time_up)
                 images += cfg.batch_size
-                if out["bpd"] is not None:
-                    acc[0] += out["bpd"]
-                    acc[1] += 1
-                    acc[2] += out["grad_norm"]
-                    acc[3] += 1
-                    self.epoch_sum = [self.epoch_sum[0] + out["bpd"], self.epoch_sum[1] + 1]
+                row = self.step % cfg.log_every == 0
+                # At an epoch's end `_end_epoch` saves anyway (after its row).
+                save = bool(cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                            and self.batch < per_epoch)
+                time_up = time_up and not self.dist.enabled  # DDP: agreed at a sync point
+                if not (row or save or time_up or self.batch >= per_epoch
+                        or self.step == cfg.max_steps):
+                    continue  # not a sync point: the statistics stay on the device
+                any_time_up, any_signal = self._pull()
                 now = time.perf_counter()
                 rate = images / max(now - t_int, 1e-9)
                 eta = (self.total_steps - self.step) * cfg.batch_size / rate if rate else None
+                acc = self.interval
                 bpd = acc[0] / acc[1] if acc[1] else math.nan
                 self.log.update(self.step, self.epoch, epochs, b + 1, per_epoch, bpd, rate, lr,
                                 eta)
-                if self.step % cfg.log_every == 0:
+                if row:
                     self._row(lr, bpd, rate, acc[2] / acc[3] if acc[3] else None,
                               self.wall0 + now - start)
-                    acc[:] = [0.0, 0, 0.0, 0]  # in place: `acc` is self.interval
+                    self.interval = [0.0, 0, 0.0, 0]
                     images, t_int = 0, now
-                # At an epoch's end `_end_epoch` saves anyway (after its row).
-                if (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
-                        and self.batch < per_epoch):
+                if save:
                     self.save("checkpoint.pt", self.wall0 + now - start)
-                if out["signal"]:
+                self._push()
+                if any_signal:
                     stop = signalled = True
                     break
-                if out["stop"]:
+                if time_up or any_time_up:
                     stop = True
                     self.log.message(f"max_time {cfg.max_time} s reached at step {self.step}")
                     break
             if signalled:
+                self._pull()
                 self._interrupted(self.wall0 + time.perf_counter() - start)
             if self.batch >= per_epoch:  # the epoch is complete
+                self._pull()
                 self._end_epoch(self.wall0 + time.perf_counter() - start)
+                self._push()
                 images, t_int = 0, time.perf_counter()  # keep evaluation out of images/s
+        self._pull()
         wall = self.wall0 + time.perf_counter() - start
         self.refresh_batchnorm()  # final.pt keeps the re-estimated statistics
         val = self.evaluate("val")  # (no-ops when already done at this step)
@@ -387,10 +498,9 @@ class Trainer:
         calls = iter(range(1 << 62))
 
         def forward(x: Tensor) -> None:
-            g = generator(self.cfg.seed, "precise_bn", next(calls), self.dist.rank,
-                          device=self.device)
+            noise = self._noise(len(x), "precise_bn", next(calls))
             with self._autocast():
-                loss(x, self.flow.draw_noise(len(x), generator=g))
+                loss(x, noise)
 
         reduce = all_reduce_sum if self.dist.enabled else None
         precise_batchnorm(self.flow, batches(), forward, reduce, self.dist.world_size)
@@ -412,10 +522,10 @@ class Trainer:
         for b, x in source.epoch(0):
             if limit is not None and b >= limit:
                 break
-            g = generator(self.cfg.seed, "eval", split, b, self.dist.rank, device=self.device)
             x = self._to_device(x)
+            noise = self._noise(len(x), f"eval-{split}", b)
             with self._autocast():
-                bpd = loss(x, self.flow.draw_noise(len(x), generator=g))
+                bpd = loss(x, noise)
             acc += torch.stack([bpd.double().sum(), acc.new_tensor(len(x))])
         self.flow.train()
         total, count = all_reduce_sum(acc).tolist()
