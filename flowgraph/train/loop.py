@@ -197,7 +197,9 @@ class Trainer:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def _autocast(self) -> Any:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        """`bf16`: the conditioner networks only, through the flow's own switch (restored on
+        exit); no global autocast, so the bijection, log-dets and the loss stay float32."""
+        return self.flow.set_conditioner_dtype(torch.bfloat16 if self.cfg.bf16 else None)
 
     def train_step(self, x_u8: Tensor, lr: float, time_up: bool = False) -> dict[str, Any]:
         """One optimizer step (or a skipped one); returns the global loss and flags."""
