@@ -5,6 +5,10 @@ and ``_generate`` are Python source (see `flow.code`); this class adds the publi
 Everything decorated with ``@torch.jit.export`` scripts, compiles with ``fullgraph=True`` and
 exports; the Python-only helpers (`initialize`, `draw_noise`, `freeze`) are for eager use.
 
+Precision: the flow runs in the dtype of its parameters whatever autocast it is called under
+(its entry points switch a caller's autocast off); `set_conditioner_dtype(torch.bfloat16)` runs
+the conditioner networks, and only those, in bfloat16 (see `flowgraph.ops.coupling.Conditioned`).
+
 Conventions: forward maps data x to the latent z (flat, ``[B, latent_dim]``, latents in the
 order of the spec's `outputs`); ``logdet`` sums every node's log-det term, including the
 stochastic ones (augmentation, dequantization), so ``log_prob = logdet + log prior(z)``.
@@ -21,6 +25,12 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["CompiledFlow", "rebuild_flow"]
+
+
+@torch.jit.unused
+def _autocast_on(t: Tensor) -> bool:
+    return torch.is_autocast_enabled(t.device.type)
+
 
 def rebuild_flow(spec_text: str, state: "dict[str, Any]") -> "CompiledFlow":
     """Unpickle a `CompiledFlow`: recompile `spec_text`, load the weights, restore the mode.
@@ -43,6 +53,21 @@ def rebuild_flow(spec_text: str, state: "dict[str, Any]") -> "CompiledFlow":
     if not state["requires_grad"]:
         flow.requires_grad_(False)
     return flow
+
+
+class _RestorePrecision:
+    """What `CompiledFlow.set_conditioner_dtype` returns: a context manager whose exit puts
+    the previous setting back."""
+
+    def __init__(self, previous: "list[tuple[nn.Module, Optional[torch.dtype]]]") -> None:
+        self.previous = previous
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        for m, dtype in self.previous:
+            m.conditioner_dtype = dtype
 
 
 class CompiledFlow(nn.Module):
@@ -72,14 +97,14 @@ class CompiledFlow(nn.Module):
     def forward(self, x: Tensor, context: Optional[Tensor] = None, noise: Optional[Tensor] = None
                 ) -> Tuple[Tensor, Tensor]:
         """x -> (z, logdet). `noise` ([B, noise_dim] standard normal) fixes stochastic nodes."""
-        z, logdet, _ = self._forward_terms(x, context, noise)
+        z, logdet, _ = self._terms(x, context, noise)
         return z, logdet
 
     @torch.jit.export
     def log_prob_once(self, x: Tensor, context: Optional[Tensor] = None,
                       noise: Optional[Tensor] = None) -> Tensor:
         """Single-sample log-likelihood (exact for bijective graphs, else a lower bound)."""
-        _, logdet, log_prior = self._forward_terms(x, context, noise)
+        _, logdet, log_prior = self._terms(x, context, noise)
         return logdet + log_prior
 
     @torch.jit.export
@@ -115,25 +140,53 @@ class CompiledFlow(nn.Module):
     @torch.jit.export
     def inverse(self, z: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """z -> x with every latent given (nothing is re-sampled)."""
-        x, _ = self._inverse(z, context)
+        x, _ = self.inverse_and_log_det(z, context)
         return x
 
     @torch.jit.export
     def inverse_and_log_det(self, z: Tensor, context: Optional[Tensor] = None
                             ) -> Tuple[Tensor, Tensor]:
-        return self._inverse(z, context)
+        if torch.jit.is_scripting() or not _autocast_on(z):
+            return self._inverse(z, context)
+        return self._inverse_no_autocast(z, context)
 
     @torch.jit.export
     def sample_from_noise(self, eps: Tensor, context: Optional[Tensor] = None) -> Tensor:
         """Map standard-normal `eps` ([B, latent_dim]) through the priors and the inverse."""
-        return self._generate(eps, context)
+        if torch.jit.is_scripting() or not _autocast_on(eps):
+            return self._generate(eps, context)
+        return self._generate_no_autocast(eps, context)
 
     @torch.jit.export
     def sample(self, n: int, temperature: float = 1.0, context: Optional[Tensor] = None
                ) -> Tensor:
         """n samples; `temperature` scales the standard-normal noise of every latent."""
         eps = torch.randn([n, self.latent_dim], dtype=self._ref.dtype, device=self._ref.device)
-        return self._generate(eps * temperature, context)
+        return self.sample_from_noise(eps * temperature, context)
+
+    # -- the caller's autocast stops at the entry points (eager and torch.compile) -----------
+    def _terms(self, x: Tensor, context: Optional[Tensor], noise: Optional[Tensor]
+               ) -> Tuple[Tensor, Tensor, Tensor]:
+        if torch.jit.is_scripting() or not _autocast_on(x):
+            return self._forward_terms(x, context, noise)
+        return self._forward_terms_no_autocast(x, context, noise)
+
+    @torch.jit.unused
+    def _forward_terms_no_autocast(self, x: Tensor, context: Optional[Tensor],
+                                   noise: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
+        with torch.autocast(x.device.type, enabled=False):
+            return self._forward_terms(x, context, noise)
+
+    @torch.jit.unused
+    def _inverse_no_autocast(self, z: Tensor, context: Optional[Tensor]
+                             ) -> Tuple[Tensor, Tensor]:
+        with torch.autocast(z.device.type, enabled=False):
+            return self._inverse(z, context)
+
+    @torch.jit.unused
+    def _generate_no_autocast(self, eps: Tensor, context: Optional[Tensor]) -> Tensor:
+        with torch.autocast(eps.device.type, enabled=False):
+            return self._generate(eps, context)
 
     # -- eager-only helpers ------------------------------------------------------------------
     @torch.jit.unused
@@ -166,7 +219,7 @@ class CompiledFlow(nn.Module):
                 hooks.append(m.register_forward_pre_hook(hook))
         try:
             with torch.no_grad():
-                self._forward_terms(x, context, noise)
+                self._terms(x, context, noise)
         finally:
             for h in hooks:
                 h.remove()
@@ -183,12 +236,67 @@ class CompiledFlow(nn.Module):
         return all(bool(f.item()) for f in flags)
 
     @torch.jit.unused
+    def set_conditioner_dtype(self, dtype: Optional[torch.dtype]) -> "_RestorePrecision":
+        """Run the conditioner networks under autocast to `dtype` (``torch.bfloat16`` or
+        ``torch.float16``), or in the flow's dtype (None, the default).
+
+        Applies at once; like ``torch.set_grad_enabled`` it also works as a context manager
+        that restores the previous setting on exit. Only the networks run in `dtype`: their
+        outputs come back in the flow's dtype, and the data path (1×1 convs, ActNorm, the
+        coupling maps), log-dets, priors and dequantization stay in it, so each coupling
+        inverts its forward exactly and the log-likelihood is not rounded to bf16 (through a
+        deep flow, though, the fp32 rounding of a reconstructed input can flip a bf16 rounding
+        inside a net: the inverse of the whole flow is then accurate to about 1e-3, not 1e-7).
+        The Nyström pseudo-inverse stays float32. A setting of the running flow: TorchScript
+        ignores it, and copies and pickles start from None.
+        """
+        if dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError("set_conditioner_dtype takes torch.bfloat16, torch.float16 or None"
+                             f". Got {dtype!r}.")
+        previous = []
+        for m in self.modules():
+            if hasattr(m, "conditioner_dtype"):
+                previous.append((m, m.conditioner_dtype))
+                m.conditioner_dtype = dtype
+        return _RestorePrecision(previous)
+
+    @torch.jit.unused
     def freeze(self) -> "CompiledFlow":
-        """Cache inverse weights and constant log-dets in every op (for export)."""
+        """Cache inverse weights and constant log-dets in every op (for export and sampling),
+        and fold each ActNorm into the 1×1 conv it feeds when nothing else reads its output:
+        the frozen inverse then runs one convolution with a bias for the pair.
+
+        The caches are taken from the current parameters and do not follow later updates;
+        calling `freeze` again refreshes them (folds included).
+        """
+        for m in self.modules():
+            if hasattr(m, "unfold"):
+                m.unfold()
         for m in self.modules():
             if m is not self and hasattr(m, "freeze"):
                 m.freeze()
+        for producer, consumer in self._fold_pairs():
+            consumer.absorb_inverse_affine(*producer.fold())
         return self
+
+    def _fold_pairs(self) -> "list[tuple[nn.Module, nn.Module]]":
+        """(ActNorm-like, conv-like) module pairs where the first one's only reader is the
+        second one's data input: ops that offer ``fold`` and ``absorb_inverse_affine``."""
+        analysis = getattr(self, "_analysis", None)
+        if analysis is None:
+            return []
+        g, modules = analysis.graph, dict(self.named_modules())
+        pairs = []
+        for node in g.ops():
+            consumer = modules.get(node.id)
+            if not hasattr(consumer, "absorb_inverse_affine"):
+                continue
+            (src, port), *rest = g.data_inputs(node.id)
+            producer = modules.get(src)
+            if (not rest and hasattr(producer, "fold") and g.consumers(src, port) == [node.id]
+                    and not g.consumers(src, port, "condition")):
+                pairs.append((producer, consumer))
+        return pairs
 
     def __reduce__(self) -> "tuple[Callable[..., CompiledFlow], tuple[str, dict[str, Any]]]":
         """Pickle and deep-copy as (spec text, weights), like torch.fx's ``GraphModule``.

@@ -20,6 +20,10 @@ Nyströmformer in two ways, both reproduced by default (``denseflow-official.md`
 Both variants keep the ``+ V`` skip and the output 1×1 conv E → C. The pseudo-inverse initial
 value uses each sample's own norms (max column sum × max row sum of that sample's 4×4 matrix);
 §4 does not say whether the official code takes those maxima over the whole batch instead.
+
+Under bf16 autocast (the flow's conditioner precision) the pseudo-inverse still runs in
+float32 with autocast off (`pinv_fp32`): its 6 iterations multiply A by its approximate inverse
+and cancel 13I − AZ(…), which bf16's 8-bit significand cannot resolve.
 """
 
 from typing import Final
@@ -29,7 +33,7 @@ from torch import Tensor, nn
 
 from flowgraph.errors import ShapeError
 
-__all__ = ["NystromAttention", "check_landmarks", "newton_pinv"]
+__all__ = ["NystromAttention", "check_landmarks", "newton_pinv", "pinv_fp32"]
 
 
 def check_landmarks(height: int, width: int, landmarks: int) -> None:
@@ -67,6 +71,28 @@ def newton_pinv(a: Tensor, iters: int = 6) -> Tensor:
     return z
 
 
+def pinv_fp32(a: Tensor, iters: int) -> Tensor:
+    """`newton_pinv` in at least float32 with autocast off, returned in `a`'s dtype (under
+    autocast the next matmul rounds it to bf16 again: once, not at every iteration)."""
+    wide = a.float() if a.dtype == torch.float16 or a.dtype == torch.bfloat16 else a
+    if torch.jit.is_scripting() or not _autocast_on(a):
+        z = newton_pinv(wide, iters)
+    else:
+        z = _newton_pinv_no_autocast(wide, iters)
+    return z if z.dtype == a.dtype else z.to(a.dtype)
+
+
+@torch.jit.unused
+def _autocast_on(t: Tensor) -> bool:
+    return torch.is_autocast_enabled(t.device.type)
+
+
+@torch.jit.unused
+def _newton_pinv_no_autocast(a: Tensor, iters: int) -> Tensor:
+    with torch.autocast(a.device.type, enabled=False):
+        return newton_pinv(a, iters)
+
+
 class NystromAttention(nn.Module):
     r"""Single-head Nyström self-attention on ``[N, C, H, W]`` with a ``+ V`` skip.
 
@@ -78,7 +104,7 @@ class NystromAttention(nn.Module):
 
     then a 1×1 conv E → C with bias. See the module docstring for the two official quirks
     (token layout, softmax axes and scaling) and their ``pixel_tokens`` / ``standard_softmax``
-    alternatives. A_2⁺ is `newton_pinv` with `pinv_iters` iterations.
+    alternatives. A_2⁺ is `newton_pinv` with `pinv_iters` iterations, in float32 (`pinv_fp32`).
 
     Arguments:
         channels: C.
@@ -146,7 +172,7 @@ class NystromAttention(nn.Module):
         a1 = torch.softmax(q @ k_l.transpose(1, 2), dim=self.softmax_dim)    # [N, T, L]
         a2 = torch.softmax(q_l @ k_l.transpose(1, 2), dim=self.softmax_dim)  # [N, L, L]
         a3 = torch.softmax(q_l @ k.transpose(1, 2), dim=self.softmax_dim)    # [N, L, T]
-        out = a1 @ (newton_pinv(a2, self.pinv_iters) @ (a3 @ v)) + v          # [N, T, E]
+        out = a1 @ (pinv_fp32(a2, self.pinv_iters) @ (a3 @ v)) + v           # [N, T, E]
         if self.pixel_tokens:
             out = out.transpose(1, 2).reshape(n, e, height, width)
         else:

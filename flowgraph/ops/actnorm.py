@@ -42,6 +42,10 @@ class ActNorm(FlowModule):
     re-init. The persistent ``initialized`` buffer only records that the step ran (trainers
     check it before the first step; checkpoints carry it).
 
+    `CompiledFlow.freeze` may fold the inverse into the 1×1 conv this ActNorm feeds (`fold`):
+    the conv's frozen inverse then applies x = exp(s)·v + b and its log-det, and this
+    inverse passes y through with a zero log-det until `unfold`.
+
     Example:
         >>> m = ActNorm(3, ndim=3, spatial=16)
         >>> x = 2 + 3 * torch.randn(8, 3, 4, 4)
@@ -58,6 +62,7 @@ class ActNorm(FlowModule):
         self.log_scale = nn.Parameter(torch.zeros(shape))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))
         self.spatial = spatial
+        self.folded = False
 
     def forward(self, x: Tensor, cond: list[Tensor], noise: Tensor | None
                 ) -> tuple[Tensor, Tensor]:
@@ -67,8 +72,25 @@ class ActNorm(FlowModule):
 
     @torch.jit.export
     def inverse(self, y: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
+        if self.folded:  # the next conv's frozen inverse has applied this map already
+            return y, y.new_zeros(y.shape[0])
         x = y * torch.exp(self.log_scale) + self.shift
         return x, y.new_zeros(y.shape[0]) + self.spatial * self.log_scale.sum()
+
+    def fold(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Hand the inverse to the module this ActNorm feeds, and pass y through from now on.
+
+        Returns (scale [C], shift [C], log-det): the inverse is x = scale·y + shift per
+        channel with per-sample log-det `log-det`, taken from the current parameters.
+        """
+        with torch.no_grad():
+            affine = (torch.exp(self.log_scale).flatten().clone(), self.shift.flatten().clone(),
+                      self.spatial * self.log_scale.sum())
+        self.folded = True
+        return affine
+
+    def unfold(self) -> None:
+        self.folded = False
 
     def data_init(self, x: Tensor,
                   all_reduce: Callable[[Tensor], Tensor] | None = None) -> None:

@@ -13,8 +13,8 @@ from flowgraph.core.registry import NetSpec, nets
 from flowgraph.core.types import OpParams, Shape, TensorType
 from flowgraph.errors import ShapeError
 from flowgraph.nn.simple import CrossUnitNetParams
-from flowgraph.ops.base import FlowModule, std_normal_log_prob, sum_per_sample
-from flowgraph.ops.coupling import condition_channels, conditions_to_features
+from flowgraph.ops.base import std_normal_log_prob, sum_per_sample
+from flowgraph.ops.coupling import Conditioned, condition_channels, conditions_to_features
 from flowgraph.ops.scales import ScaleName, log_scale, resolve_scale
 
 __all__ = ["CrossUnitCoupling", "CrossUnitCouplingParams"]
@@ -28,7 +28,7 @@ class CrossUnitCouplingParams(OpParams):
     scale: ScaleName = "exp_2tanh"
 
 
-class CrossUnitCoupling(FlowModule):
+class CrossUnitCoupling(Conditioned):
     r"""Append ê = μ + σ·e to x, with e ~ N(0, I) given as `noise` and (μ, s) = g(concat(cond)).
 
     μ is the first `growth` channels of g's output, s the last `growth` (``chunk(2)``), and
@@ -54,6 +54,11 @@ class CrossUnitCoupling(FlowModule):
         self.scale = scale
         self.image = image
 
+    def run_conditioner(self, h: Tensor) -> Tensor:
+        g = self.g
+        assert g is not None  # only called when g is set
+        return g(h)
+
     def forward(self, x: Tensor, cond: list[Tensor], noise: Tensor | None
                 ) -> tuple[Tensor, Tensor]:
         if noise is None:
@@ -62,7 +67,7 @@ class CrossUnitCoupling(FlowModule):
         e_hat = noise
         ld = -std_normal_log_prob(noise)
         if self.g is not None:
-            out = self.g(torch.cat(conditions_to_features(cond, x, self.image), 1))
+            out = self.condition(torch.cat(conditions_to_features(cond, x, self.image), 1))
             mu, s = out[:, :self.growth], out[:, self.growth:]
             log_sigma = log_scale(s, self.scale)
             e_hat = mu + torch.exp(log_sigma) * noise

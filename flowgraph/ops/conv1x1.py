@@ -32,7 +32,12 @@ class _Conv1x1(FlowModule):
     `freeze()` caches W, W⁻¹ and log|det W| as non-persistent buffers and sets ``frozen``;
     from then on forward and inverse use only the caches, so an exported graph holds no
     linear algebra (slogdet, inv, solve_triangular have no ONNX lowering). Freeze after
-    training: the caches do not follow later parameter updates.
+    training: the caches do not follow later parameter updates (`freeze()` again refreshes
+    them).
+
+    `absorb_inverse_affine` folds the per-channel affine map that follows this inverse (the
+    inverse of the ActNorm before this conv, see `CompiledFlow.freeze`) into the frozen
+    inverse: x = (diag(scale)·W⁻¹)·y + shift, one convolution with a bias, and its log-det.
     """
 
     def __init__(self, channels: int, image: bool, spatial: int):
@@ -44,6 +49,10 @@ class _Conv1x1(FlowModule):
         self.register_buffer("w_frozen", torch.zeros(channels, channels), persistent=False)
         self.register_buffer("w_inv_frozen", torch.zeros(channels, channels), persistent=False)
         self.register_buffer("logdet_frozen", torch.zeros(()), persistent=False)
+        self.absorbed = False
+        self.register_buffer("absorbed_scale", torch.ones(channels), persistent=False)
+        self.register_buffer("absorbed_shift", torch.zeros(channels), persistent=False)
+        self.register_buffer("absorbed_logdet", torch.zeros(()), persistent=False)
 
     def weight_and_logdet(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -51,10 +60,10 @@ class _Conv1x1(FlowModule):
     def inverse_weight(self) -> Tensor:
         raise NotImplementedError
 
-    def _apply_weight(self, x: Tensor, w: Tensor) -> Tensor:
+    def _apply_weight(self, x: Tensor, w: Tensor, bias: Tensor | None = None) -> Tensor:
         if self.image:
-            return F.conv2d(x, w.view(self.channels, self.channels, 1, 1))
-        return F.linear(x, w)
+            return F.conv2d(x, w.view(self.channels, self.channels, 1, 1), bias)
+        return F.linear(x, w, bias)
 
     def forward(self, x: Tensor, cond: list[Tensor], noise: Tensor | None
                 ) -> tuple[Tensor, Tensor]:
@@ -67,18 +76,41 @@ class _Conv1x1(FlowModule):
     @torch.jit.export
     def inverse(self, y: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
         if self.frozen:
-            w_inv, logdet = self.w_inv_frozen, self.logdet_frozen
-        else:
-            w_inv, logdet = self.inverse_weight(), self.weight_and_logdet()[1]
+            ld = y.new_zeros(y.shape[0]) - self.spatial * self.logdet_frozen
+            if self.absorbed:
+                return (self._apply_weight(y, self.w_inv_frozen, self.absorbed_shift),
+                        ld + self.absorbed_logdet)
+            return self._apply_weight(y, self.w_inv_frozen), ld
+        w_inv, logdet = self.inverse_weight(), self.weight_and_logdet()[1]
         return self._apply_weight(y, w_inv), y.new_zeros(y.shape[0]) - self.spatial * logdet
 
     def freeze(self) -> None:
         with torch.no_grad():
             w, logdet = self.weight_and_logdet()
+            w_inv = self.inverse_weight()
+            if self.absorbed:  # row i of W⁻¹ feeds output channel i, scaled by scale_i
+                w_inv = self.absorbed_scale.to(w_inv.dtype).unsqueeze(1) * w_inv
             self.w_frozen = w.detach().clone()
-            self.w_inv_frozen = self.inverse_weight().detach().clone()
+            self.w_inv_frozen = w_inv.detach().clone()
             self.logdet_frozen = logdet.detach().clone()
         self.frozen = True
+
+    def absorb_inverse_affine(self, scale: Tensor, shift: Tensor, logdet: Tensor) -> None:
+        """Freeze with x = scale·v + shift (per channel, log-det `logdet`) applied after the
+        inverse v = W⁻¹·y, folded into one frozen convolution. `unfold` undoes it."""
+        with torch.no_grad():
+            self.absorbed_scale = scale.detach().clone()
+            self.absorbed_shift = shift.detach().clone()
+            self.absorbed_logdet = logdet.detach().clone()
+        self.absorbed = True
+        self.freeze()
+
+    def unfold(self) -> None:
+        """Forget an absorbed affine (a frozen conv then refreshes its plain caches)."""
+        if self.absorbed:
+            self.absorbed = False
+            if self.frozen:
+                self.freeze()
 
 
 class PlainConv1x1(_Conv1x1):

@@ -1,4 +1,7 @@
-r"""`affine_coupling` (RealNVP/Glow/DenseFlow) and the condition rules other conditioned ops share."""
+r"""`affine_coupling` (RealNVP/Glow/DenseFlow) and what other conditioned ops share: the
+condition rules and `Conditioned`, the one place where conditioner networks run (and in which
+precision).
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from flowgraph.errors import ShapeError
 from flowgraph.ops.base import FlowModule, sum_per_sample
 from flowgraph.ops.scales import ScaleName, log_scale, resolve_scale
 
-__all__ = ["AffineCoupling", "AffineCouplingParams", "CouplingOp", "condition_channels", "conditions_to_features"]
+__all__ = ["AffineCoupling", "AffineCouplingParams", "Conditioned", "CouplingOp",
+           "condition_channels", "conditions_to_features"]
 
 
 def condition_channels(x: TensorType, conds: list[TensorType], op: str) -> int:
@@ -53,6 +57,41 @@ def conditions_to_features(cond: list[Tensor], like: Tensor, image: bool) -> lis
     return out
 
 
+class Conditioned(FlowModule):
+    """Base of ops that run a conditioner network (a net built from a ``net:`` field).
+
+    `condition` is the only call site of the net. With ``conditioner_dtype`` None (the
+    default) it is the plain call; set to ``torch.bfloat16`` (by
+    `CompiledFlow.set_conditioner_dtype`) the net runs under autocast to that dtype while the
+    rest of the op stays in its input's dtype. Either way the output comes back in the input's
+    dtype, so the forward and the inverse read the same float32 values from the net and stay
+    exact inverses. TorchScript ignores the setting (its autocast takes constants only).
+
+    Subclass requirements: `run_conditioner(h)` calls the net on `h`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conditioner_dtype: torch.dtype | None = None  # read in eager code only
+
+    def run_conditioner(self, h: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def condition(self, h: Tensor) -> Tensor:
+        if torch.jit.is_scripting():
+            out = self.run_conditioner(h)
+        else:
+            out = self._run_in_precision(h)
+        return out if out.dtype == h.dtype else out.to(h.dtype)
+
+    @torch.jit.unused
+    def _run_in_precision(self, h: Tensor) -> Tensor:
+        if self.conditioner_dtype is None:
+            return self.run_conditioner(h)
+        with torch.autocast(h.device.type, dtype=self.conditioner_dtype):
+            return self.run_conditioner(h)
+
+
 class AffineCouplingParams(OpParams):
     """`net` maps [x1, conditions] to 2·⌊C/2⌋ channels; `layout` says how they are read."""
 
@@ -61,7 +100,7 @@ class AffineCouplingParams(OpParams):
     layout: Literal["interleaved", "halves"] = "interleaved"
 
 
-class AffineCoupling(FlowModule):
+class AffineCoupling(Conditioned):
     r"""Affine coupling: x1 passes through, x2 is scaled and shifted by a net of x1 (and conds).
 
     With C channels, x1 = x[:, :⌈C/2⌉] and x2 = x[:, ⌈C/2⌉:] (⌊C/2⌋ channels, DenseFlow's
@@ -86,9 +125,12 @@ class AffineCoupling(FlowModule):
         self.interleaved = interleaved
         self.image = image
 
+    def run_conditioner(self, h: Tensor) -> Tensor:
+        return self.net(h)
+
     def _scale_shift(self, x1: Tensor, cond: list[Tensor]) -> tuple[Tensor, Tensor]:
         feats = [x1] + conditions_to_features(cond, x1, self.image)
-        out = self.net(torch.cat(feats, 1))
+        out = self.condition(torch.cat(feats, 1))
         if self.interleaved:
             s, t = out[:, 0::2], out[:, 1::2]
         else:

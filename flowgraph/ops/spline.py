@@ -25,8 +25,8 @@ from torch import Tensor, nn
 from flowgraph.core.op import Example
 from flowgraph.core.registry import NetSpec
 from flowgraph.core.types import OpParams, TensorType
-from flowgraph.ops.base import FlowModule, sum_per_sample
-from flowgraph.ops.coupling import CouplingOp, conditions_to_features
+from flowgraph.ops.base import sum_per_sample
+from flowgraph.ops.coupling import Conditioned, CouplingOp, conditions_to_features
 
 __all__ = ["SplineCoupling", "SplineCouplingParams",
            "rational_quadratic_spline", "spline_outputs_per_channel"]
@@ -134,7 +134,7 @@ class SplineCouplingParams(OpParams):
         return self
 
 
-class SplineCoupling(FlowModule):
+class SplineCoupling(Conditioned):
     r"""Rational-quadratic spline coupling: x1 passes through, each value of x2 goes through a
     monotone RQ spline on [-B, B] parametrised by net([x1, *cond]); identity outside.
 
@@ -164,9 +164,12 @@ class SplineCoupling(FlowModule):
         self.min_derivative = min_derivative
         self.image = image
 
+    def run_conditioner(self, h: Tensor) -> Tensor:
+        return self.net(h)
+
     def _params(self, x1: Tensor, cond: list[Tensor], dtype: torch.dtype) -> Tensor:
         feats = [x1] + conditions_to_features(cond, x1, self.image)
-        h = self.net(torch.cat(feats, 1)).to(dtype)  # spline maths in the input dtype
+        h = self.condition(torch.cat(feats, 1)).to(dtype)  # spline maths in the input dtype
         # [B, C2·P, (H, W)] -> [B, C2, (H, W), P]; batch as -1 so exporters keep it dynamic
         h = h.reshape([-1, self.transformed, self.n_params] + list(h.shape[2:]))
         return h.movedim(2, -1)

@@ -269,7 +269,9 @@ class Trainer:
         return noise[self.dist.rank * n:(self.dist.rank + 1) * n]
 
     def _autocast(self) -> Any:
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        """`bf16`: the conditioner networks only, through the flow's own switch (restored on
+        exit); no global autocast, so the bijection, log-dets and the loss stay float32."""
+        return self.flow.set_conditioner_dtype(torch.bfloat16 if self.cfg.bf16 else None)
 
     def train_step(self, x_u8: Tensor, lr: float, time_up: bool = False) -> dict[str, Tensor]:
         """One optimizer step, kept or skipped on the device. Returns the step's global
