@@ -56,18 +56,19 @@ def rebuild_flow(spec_text: str, state: "dict[str, Any]") -> "CompiledFlow":
 
 
 class _RestorePrecision:
-    """What `CompiledFlow.set_conditioner_dtype` returns: a context manager whose exit puts
-    the previous setting back."""
+    """What `CompiledFlow.set_conditioner_dtype` / `set_conditioner_recompute` return: a
+    context manager whose exit puts the previous setting back."""
 
-    def __init__(self, previous: "list[tuple[nn.Module, Optional[torch.dtype]]]") -> None:
-        self.previous = previous
+    def __init__(self, previous: "list[tuple[nn.Module, Any]]",
+                 attribute: str = "conditioner_dtype") -> None:
+        self.previous, self.attribute = previous, attribute
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, *exc: object) -> None:
-        for m, dtype in self.previous:
-            m.conditioner_dtype = dtype
+        for m, value in self.previous:
+            setattr(m, self.attribute, value)
 
 
 class CompiledFlow(nn.Module):
@@ -259,6 +260,19 @@ class CompiledFlow(nn.Module):
                 previous.append((m, m.conditioner_dtype))
                 m.conditioner_dtype = dtype
         return _RestorePrecision(previous)
+
+    @torch.jit.unused
+    def set_conditioner_recompute(self, enabled: bool) -> "_RestorePrecision":
+        """Memory-saving training: keep only each conditioner network's input and recompute
+        its activations in the backward pass (gradients equal the default's to rounding).
+
+        Applies at once and, as a context manager, restores the previous setting on exit."""
+        previous = []
+        for m in self.modules():
+            if hasattr(m, "recompute") and hasattr(m, "conditioner_dtype"):
+                previous.append((m, m.recompute))
+                m.recompute = bool(enabled)
+        return _RestorePrecision(previous, "recompute")
 
     @torch.jit.unused
     def freeze(self) -> "CompiledFlow":

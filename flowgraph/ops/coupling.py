@@ -5,10 +5,13 @@ precision).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from flowgraph.core.op import Example, OpDef
 from flowgraph.core.registry import NetSpec, nets
@@ -67,12 +70,18 @@ class Conditioned(FlowModule):
     dtype, so the forward and the inverse read the same float32 values from the net and stay
     exact inverses. TorchScript ignores the setting (its autocast takes constants only).
 
+    With ``recompute`` True (`CompiledFlow.set_conditioner_recompute`, the trainer's
+    ``memory_saving``) a training forward keeps only the net's input: its activations, the bulk
+    of a DenseFlow step's memory, are recomputed in the backward pass (non-reentrant
+    checkpointing; BatchNorm statistics are not updated a second time).
+
     Subclass requirements: `run_conditioner(h)` calls the net on `h`.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.conditioner_dtype: torch.dtype | None = None  # read in eager code only
+        self.recompute = False  # read in eager code only
 
     def run_conditioner(self, h: Tensor) -> Tensor:
         raise NotImplementedError
@@ -86,10 +95,35 @@ class Conditioned(FlowModule):
 
     @torch.jit.unused
     def _run_in_precision(self, h: Tensor) -> Tensor:
+        if self.recompute and self.training and torch.is_grad_enabled():
+            return checkpoint(self._run, h, use_reentrant=False, preserve_rng_state=False,
+                              context_fn=lambda: (nullcontext(), _frozen_batchnorm(self)))
+        return self._run(h)
+
+    @torch.jit.unused
+    def _run(self, h: Tensor) -> Tensor:
         if self.conditioner_dtype is None:
             return self.run_conditioner(h)
         with torch.autocast(h.device.type, dtype=self.conditioner_dtype):
             return self.run_conditioner(h)
+
+
+@contextmanager
+def _frozen_batchnorm(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of `module` normalise with batch statistics but leave their running
+    statistics alone (momentum 0, the batch count restored): the recomputation of a
+    checkpointed forward must not count the batch twice."""
+    layers = [m for m in module.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in layers]
+    for m in layers:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(layers, saved, strict=True):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(count)
 
 
 class AffineCouplingParams(OpParams):

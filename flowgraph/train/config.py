@@ -100,6 +100,8 @@ class TrainConfig(BaseModel):
     bf16: bool = False
     compile: bool = False
     channels_last: bool = False
+    memory_saving: bool = Field(False, description="recompute the conditioner networks' "
+                                "activations in the backward pass instead of storing them")
     tf32: bool = Field(True, description="TF32 for fp32 matmuls/convolutions on CUDA (no-op on "
                                          "CPU)")
     device_data_mb: float = Field(1024, ge=0, description="hold a uint8 split (train, test) "

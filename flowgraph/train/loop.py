@@ -156,6 +156,8 @@ class Trainer:
         self.flow.to(self.device)
         if cfg.channels_last:
             self.flow.to(memory_format=torch.channels_last)
+        if cfg.memory_saving:
+            self.flow.set_conditioner_recompute(True)
         params = [p for p in self.flow.parameters() if p.requires_grad]
         opt_cls = {"adamax": torch.optim.Adamax, "adam": torch.optim.Adam,
                    "adamw": torch.optim.AdamW}[cfg.optimizer]
