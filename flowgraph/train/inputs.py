@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
 import torch
+import yaml
 from torch import Tensor
 from torch.utils.data import Dataset
 
