@@ -64,7 +64,9 @@ def tiny(continuous: bool = False):
         x = 0.02 + 0.96 * torch.rand(4, 2, 8, 8, generator=g)
     else:
         x = torch.randint(0, 256, (4, 2, 8, 8), generator=g).float()
-    flow.initialize(x)
+    with torch.random.fork_rng():  # initialize draws the flow's noise from the global RNG
+        torch.manual_seed(0)
+        flow.initialize(x)
     ft.perturb_(flow, scale=0.05)
     noise = flow.draw_noise(4, torch.Generator().manual_seed(0))
     return flow, x, noise
@@ -191,8 +193,7 @@ def test_round_trip_of_the_flow_with_bf16_nets():
     discrete, xd, noise_d = tiny()
     discrete.eval().set_conditioner_dtype(BF16)
     with torch.no_grad():
-        z, _ = flow(x, None, noise)
-        x_back, _ = flow.inverse_and_log_det(z)
+        x_back = flow.inverse(flow(x, None, noise)[0])
         torch.testing.assert_close(x_back, x, rtol=1e-5, atol=1e-5)
         assert torch.equal(discrete.inverse(discrete(xd, None, noise_d)[0]), xd)
 

@@ -111,7 +111,8 @@ FLOW_ATTRIBUTES = frozenset({
     "bits", "bits_per_dim", "code", "data_dims", "data_shape", "draw_noise", "freeze",
     "initialize", "inverse", "inverse_and_log_det", "is_initialized", "latent_dim",
     "latent_parts", "latent_shapes", "log_prob", "log_prob_once", "noise_dim", "sample",
-    "sample_from_noise", "set_conditioner_dtype", "spec_hash", "spec_text",
+    "sample_from_noise", "set_conditioner_dtype", "set_conditioner_recompute", "spec_hash",
+    "spec_text",
 })
 
 

@@ -73,8 +73,8 @@ class DenseBlock(nn.Module):
         >>> block = DenseBlock(8, 4, depth=2, growth=5)
         >>> block(torch.randn(2, 8, 6, 6)).shape
         torch.Size([2, 4, 6, 6])
-        >>> sum(p.numel() for p in block.parameters()) == dense_block_param_count(8, 4, 2, 5)
-        True
+        >>> sum(p.numel() for p in block.parameters())  # (72 + 365) + (182 + 590) + 228
+        1437
     """
 
     def __init__(self, in_ch: int, out_ch: int, depth: int, growth: int, gated: bool = True,

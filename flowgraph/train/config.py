@@ -97,7 +97,8 @@ class TrainConfig(BaseModel):
     # speed
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1, description="torch.set_num_threads")
-    bf16: bool = False
+    bf16: bool = Field(False, description="bf16 conditioner networks (the data path, log-dets "
+                       "and priors stay float32)")
     compile: bool = False
     channels_last: bool = False
     memory_saving: bool = Field(False, description="recompute the conditioner networks' "
