@@ -15,8 +15,8 @@ peak RSS, VmHWM, is that job's): the training step (zero_grad + loss forward + b
 Adamax step; median after warm-up; images/s; peak memory), sampling latency (``--sample-n``
 images, eval, no_grad) and likelihood throughput (eval-mode bits/dim of a batch, no_grad).
 Our modes (``--modes``): ``eager``, ``script`` (``torch.jit.script`` of the flow), ``compile``
-(``torch.compile``, slow to compile on a CPU, so opt-in), each optionally ``+bf16`` (autocast)
-or ``+cl`` (channels-last). Ours samples and evaluates after ``freeze()`` (``--no-freeze``).
+(``torch.compile``, slow to compile on a CPU, so opt-in), each optionally ``+bf16`` (bf16
+conditioners), ``+cl`` (channels-last) or ``+ms`` (memory-saving training). Ours samples and evaluates after ``freeze()`` (``--no-freeze``).
 
 With ``--reference PATH`` (a checkout of github.com/matejgrcic/DenseFlow, GPL-2.0, imported
 from that path at run time and never copied) the authors' DenseFlow-74-10 runs in its default
@@ -49,7 +49,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DEFAULT_SPEC = "specs/denseflow-74-10.yaml"
-TRAIN_FLAGS = {"bf16": "bf16", "channels_last": "cl"}  # TrainConfig field -> mode modifier
+TRAIN_FLAGS = {"bf16": "bf16", "channels_last": "cl", "memory_saving": "ms"}  # -> modifier
 
 
 # -- the plan ----------------------------------------------------------------------------------
@@ -219,6 +219,14 @@ def _flops(result: dict[str, Any], sysd: dict[str, Any], m: dict[str, Any]) -> f
     return None if per_image is None else per_image * m["batch"]
 
 
+def _cpu_s(res: dict[str, Any]) -> float | None:
+    """Median CPU seconds (user + system, all threads) of the timed calls."""
+    if "user_s_all" not in res:
+        return None
+    return statistics.median(u + s for u, s in zip(res["user_s_all"], res["sys_s_all"],
+                                                   strict=True))
+
+
 def summarize(result: dict[str, Any]) -> None:
     """Fill ``result['summary']`` (median over rounds per cell) and ``result['ratios']``."""
     peaks = {p["round"]: p for p in result["peak"] if "fp32" in p}
@@ -247,6 +255,7 @@ def summarize(result: dict[str, Any]) -> None:
                 images_per_s=med(lambda r: r["images_per_s"]),
                 peak_mib=med(lambda r: r["process"]["hwm_mib"]),
                 cpu_per_wall=med(lambda r: r["cpu_per_wall"]),
+                cpu_s=med(lambda r: _cpu_s(r) or 0.0),
                 sys_fraction=med(lambda r: r["sys_fraction"]))
             if all("fraction_fp32_peak" in r for r in ok):
                 row.update(gflops=med(lambda r: r["gflops"]),
@@ -270,11 +279,15 @@ def summarize(result: dict[str, Any]) -> None:
                 speed = [theirs[k]["s_median"] / mine[k]["s_median"] for k in rounds]
                 memory = [mine[k]["process"]["hwm_mib"] / theirs[k]["process"]["hwm_mib"]
                           for k in rounds]
-                ratios.append({"task": task, "batch": batch, "size": size,
-                               "subject": s["label"], "reference": ref["label"],
-                               "rounds": rounds, "speedup": speed,
-                               "speedup_median": statistics.median(speed),
-                               "memory": memory, "memory_median": statistics.median(memory)})
+                row = {"task": task, "batch": batch, "size": size, "subject": s["label"],
+                       "reference": ref["label"], "rounds": rounds, "speedup": speed,
+                       "speedup_median": statistics.median(speed),
+                       "memory": memory, "memory_median": statistics.median(memory)}
+                cpu = [(_cpu_s(theirs[k]), _cpu_s(mine[k])) for k in rounds]
+                if all(t and m for t, m in cpu):  # CPU time: less sensitive to a busy host
+                    row["cpu_speedup"] = [t / m for t, m in cpu]
+                    row["cpu_speedup_median"] = statistics.median(row["cpu_speedup"])
+                ratios.append(row)
     result["ratios"] = ratios
 
 
@@ -322,7 +335,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ours-worktree", metavar="PATH", help="measure the flowgraph of this "
                    "checkout as ours (default: the one holding this script)")
     p.add_argument("--modes", help="our modes, comma-separated: eager, script, compile, each "
-                   "with optional +bf16 / +cl (default eager, or what --train-config selects)")
+                   "with optional +bf16 / +cl / +ms (default eager, or what --train-config "
+                   "selects)")
     p.add_argument("--baseline-modes", help="the baseline's modes (default as --modes' default)")
     p.add_argument("--train-config", metavar="YAML", help="take the mode from this training "
                    "config (bf16, channels_last, compile), read in each checkout")
@@ -347,6 +361,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting and the peak")
     p.add_argument("--peak-seconds", type=float, default=0.5,
                    help="timing budget of each peak-rate measurement")
+    p.add_argument("--reuse-info", metavar="JSON", help="take parameters, FLOPs and conv "
+                   "shapes from an earlier result of the same spec instead of counting again")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment of every worker (e.g. OMP_WAIT_POLICY=passive)")
     p.add_argument("--seed", type=int, default=0)
@@ -404,12 +420,20 @@ def main(argv: list[str] | None = None) -> int:
 
     # once per model and size: parameters, FLOPs, our convolution shapes
     data_shapes: dict[Any, list[int]] = {}
+    if a.reuse_info:
+        result["info"].update(json.loads(Path(a.reuse_info).read_text())["info"])
+        result["info_reused_from"] = a.reuse_info
     firsts = {}
     for s in systems:
         key = "official:default" if s["system"] == "official" else f"{s['system']}:eager"
         firsts.setdefault(key, s)
     for size in sizes:
         for key, s in sorted(firsts.items(), key=lambda kv: kv[1]["system"] == "official"):
+            old = result["info"].get(f"{key}@{size}", {})
+            if "params" in old:  # --reuse-info
+                if s["system"] == "ours":
+                    data_shapes[size] = old["data_shape"]
+                continue
             if s["system"] == "official" and data_shapes.get(size, [0])[0] != 3:
                 result["info"][f"{key}@{size}"] = {"skipped": "the authors' DenseFlow-74-10 "
                                                    "is benchmarked on 3-channel images only"}

@@ -91,21 +91,23 @@ def _results(res: dict[str, Any]) -> list[str]:
     for r in res.get("summary", []):
         if not r["ok"]:
             rows.append([r["task"], str(r["batch"]), _size(r), f"`{r['label']}`",
-                         "not measured: " + str(r.get("note", "?"))[:90]] + [""] * 7)
+                         "not measured: " + str(r.get("note", "?"))[:90]] + [""] * 8)
             continue
         rows.append([r["task"], str(r["batch"]), _size(r), f"`{r['label']}`",
                      ", ".join(f"{t:.3f}" for t in r["s_per_round"]), f"**{r['s']:.3f}**",
                      _f(r["images_per_s"], "{:.2f}"), f"{r['peak_mib']:,.0f}",
                      _f(r.get("gflops"), "{:.1f}"), _f(r.get("fraction_fp32_peak"), "{:.2f}"),
-                     _f(r["cpu_per_wall"], "{:.2f}"), f"{100 * r['sys_fraction']:.0f}%"])
+                     _f(r.get("cpu_s"), "{:.2f}"), _f(r["cpu_per_wall"], "{:.2f}"),
+                     f"{100 * r['sys_fraction']:.0f}%"])
     return (["## Results (median over rounds)", "",
              ("s: median seconds per training step / sampling call / likelihood batch (batch = "
               "images); peak = the worker's VmHWM; fraction of the same round's fp32 conv "
-              "peak; CPU/wall = (user + system) / wall over timed calls; sys = system share "
-              "of CPU."),
+              "peak; CPU s = median user + system seconds per call (all threads); CPU/wall = "
+              "(user + system) / wall over timed calls; sys = system share of CPU."),
              ""]
             + _table(["task", "batch", "size", "model", "s per round", "s", "images/s",
-                      "peak MiB", "GFLOP/s", "of fp32 peak", "CPU/wall", "sys"], rows) + [""])
+                      "peak MiB", "GFLOP/s", "of fp32 peak", "CPU s", "CPU/wall", "sys"], rows)
+            + [""])
 
 
 def _ratios(res: dict[str, Any]) -> list[str]:
@@ -113,13 +115,16 @@ def _ratios(res: dict[str, Any]) -> list[str]:
         return []
     rows = [[r["task"], str(r["batch"]), _size(r), f"`{r['subject']}`", f"`{r['reference']}`",
              ", ".join(f"{v:.2f}" for v in r["speedup"]), f"**{r['speedup_median']:.2f}×**",
-             ", ".join(f"{v:.2f}" for v in r["memory"]), f"**{r['memory_median']:.2f}**"]
+             ", ".join(f"{v:.2f}" for v in r["memory"]), f"**{r['memory_median']:.2f}**",
+             ", ".join(f"{v:.2f}" for v in r.get("cpu_speedup", [])),
+             _f(r.get("cpu_speedup_median"), "{:.2f}×")]
             for r in res["ratios"]]
     title = ("## Ratios, same run (speedup = reference time / ours; memory = our peak / "
-             "the reference's)")
+             "the reference's; CPU speedup = the same with CPU seconds)")
     return ([title, ""]
             + _table(["task", "batch", "size", "ours", "vs", "speedup per round",
-                      "speedup", "memory per round", "memory"], rows) + [""])
+                      "speedup", "memory per round", "memory", "CPU speedup per round",
+                      "CPU speedup"], rows) + [""])
 
 
 def _scaling(res: dict[str, Any]) -> list[str]:

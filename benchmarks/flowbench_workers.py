@@ -5,8 +5,11 @@ variant:
 
 - ``ours`` / ``base``: a flowgraph checkout (whichever ``flowgraph`` the worker's PYTHONPATH
   selects), variant = mode ``eager`` | ``script`` | ``compile`` with optional modifiers
-  ``+bf16`` (CPU autocast around the loss, as ``TrainConfig.bf16``) and ``+cl``
-  (channels-last model and input, as ``TrainConfig.channels_last``);
+  ``+bf16`` (bf16 conditioner networks through ``flow.set_conditioner_dtype`` where the
+  checkout has it, else CPU autocast around the loss: what ``TrainConfig.bf16`` does),
+  ``+cl`` (channels-last model and input, ``TrainConfig.channels_last``) and ``+ms``
+  (memory-saving training, ``flow.set_conditioner_recompute(True)``,
+  ``TrainConfig.memory_saving``);
 - ``official``: the DenseFlow authors' code imported at run time from a checkout (GPL-2.0;
   nothing of it is copied here), variant ``default`` or ``ckpt`` (its ``checkpointing=True``).
 
@@ -63,6 +66,7 @@ class _Clock:
 
     def __enter__(self) -> Self:
         self.t0, self.os0 = time.perf_counter(), os.times()
+        self.flt0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -70,10 +74,11 @@ class _Clock:
         self.wall = t1 - self.t0
         self.user = os1.user - self.os0.user
         self.sys = os1.system - self.os0.system
+        self.minflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - self.flt0
 
 
 def _timed(fn: Any, warmup: int, repeats: int) -> dict[str, Any]:
-    walls, users, syss = [], [], []
+    walls, users, syss, faults = [], [], [], []
     for i in range(warmup + repeats):
         with _Clock() as c:
             fn()
@@ -81,9 +86,11 @@ def _timed(fn: Any, warmup: int, repeats: int) -> dict[str, Any]:
             walls.append(c.wall)
             users.append(c.user)
             syss.append(c.sys)
+            faults.append(c.minflt)
     med = statistics.median(walls)
     return {"s_median": med, "s_min": min(walls), "s_all": walls, "user_s_all": users,
-            "sys_s_all": syss, "cpu_per_wall": (sum(users) + sum(syss)) / sum(walls),
+            "sys_s_all": syss, "minflt_all": faults,
+            "cpu_per_wall": (sum(users) + sum(syss)) / sum(walls),
             "sys_fraction": sum(syss) / max(sum(users) + sum(syss), 1e-9)}
 
 
@@ -101,10 +108,10 @@ class _Flowgraph:
 
         self.job = job
         mode, *mods = job.get("variant", "eager").split("+")
-        bad = [m for m in mods if m not in ("bf16", "cl")]
+        bad = [m for m in mods if m not in ("bf16", "cl", "ms")]
         if mode not in ("eager", "script", "compile") or bad:
             raise ValueError(f"flowbench: unknown mode {job['variant']!r}: expected "
-                             "eager|script|compile with optional +bf16, +cl")
+                             "eager|script|compile with optional +bf16, +cl, +ms")
         self.mode, self.bf16, self.cl = mode, "bf16" in mods, "cl" in mods
         torch.manual_seed(job["seed"])
         t0 = time.perf_counter()
@@ -113,6 +120,11 @@ class _Flowgraph:
         self.library = os.path.dirname(os.path.dirname(flowgraph.__file__))
         self.data_shape = list(self.flow.data_shape)
         self.scale = 1.0 / (self.flow.data_dims * 0.6931471805599453)
+        if "ms" in mods:
+            if not hasattr(self.flow, "set_conditioner_recompute"):
+                raise ValueError(f"flowbench: +ms needs flow.set_conditioner_recompute, which "
+                                 f"the flowgraph at {self.library} lacks")
+            self.flow.set_conditioner_recompute(True)
 
     def batch(self, n: int, gen: torch.Generator) -> torch.Tensor:
         x = _uint8(n, self.data_shape, gen).float()
@@ -125,7 +137,11 @@ class _Flowgraph:
             self.flow.to(memory_format=torch.channels_last)
 
     def autocast(self) -> Any:
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        if not self.bf16:
+            return nullcontext()
+        if hasattr(self.flow, "set_conditioner_dtype"):  # bf16 in the conditioners only
+            return self.flow.set_conditioner_dtype(torch.bfloat16)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
 
     def params(self) -> int:
         return sum(p.numel() for p in self.flow.parameters())

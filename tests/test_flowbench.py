@@ -70,7 +70,8 @@ def _run(rnd: int, label: str, s: float, mib: float) -> dict:
     return {"round": rnd, "task": "train", "batch": 8, "size": 32, "system": system,
             "variant": variant, "label": label, "flops": 4e9,
             "result": {"s_median": s, "images_per_s": 8 / s, "cpu_per_wall": 2.0,
-                       "sys_fraction": 0.1, "process": {"hwm_mib": mib}}}
+                       "sys_fraction": 0.1, "process": {"hwm_mib": mib},
+                       "user_s_all": [s, 2 * s, 3 * s], "sys_s_all": [0.0, 0.0, 0.0]}}
 
 
 def test_ratios_are_per_round_and_medians() -> None:
@@ -86,6 +87,7 @@ def test_ratios_are_per_round_and_medians() -> None:
     assert (r["subject"], r["reference"]) == ("ours:eager", "official:default")
     assert r["speedup"] == pytest.approx([1.5, 2.0]) and r["speedup_median"] == pytest.approx(1.75)
     assert r["memory"] == pytest.approx([0.75, 0.5]) and r["memory_median"] == pytest.approx(0.625)
+    assert r["cpu_speedup"] == pytest.approx([1.5, 2.0])  # median CPU s per call: 2 × s
     ours = next(row for row in result["summary"] if row["label"] == "ours:eager")
     # 4 GFLOP in 2 s against a 4 GFLOP/s peak, then in 4 s against 2 GFLOP/s: 0.5 both rounds
     assert ours["fraction_fp32_peak"] == pytest.approx(0.5)
