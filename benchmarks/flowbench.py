@@ -239,6 +239,9 @@ def summarize(result: dict[str, Any]) -> None:
             res["gflops"] = r["flops"] / res["s_median"] / 1e9
             res["fraction_fp32_peak"] = r["flops"] / res["s_median"] / peaks[r["round"]]["fp32"]
             res["fraction_bf16_peak"] = r["flops"] / res["s_median"] / peaks[r["round"]]["bf16"]
+            cpu = _cpu_s(res)
+            if cpu and "fp32_cpu" in peaks[r["round"]]:  # FLOP per CPU second, both sides
+                res["fraction_fp32_peak_cpu"] = r["flops"] / cpu / peaks[r["round"]]["fp32_cpu"]
     summary = []
     for (task, batch, size, label), runs in cells.items():
         ok = [r["result"] for r in runs if "s_median" in r["result"]]
@@ -261,6 +264,8 @@ def summarize(result: dict[str, Any]) -> None:
                 row.update(gflops=med(lambda r: r["gflops"]),
                            fraction_fp32_peak=med(lambda r: r["fraction_fp32_peak"]),
                            fraction_bf16_peak=med(lambda r: r["fraction_bf16_peak"]))
+            if all("fraction_fp32_peak_cpu" in r for r in ok):
+                row["fraction_fp32_peak_cpu"] = med(lambda r: r["fraction_fp32_peak_cpu"])
         summary.append(row)
     result["summary"] = summary
     ratios = []
@@ -469,9 +474,9 @@ def main(argv: list[str] | None = None) -> int:
             result["peak"].append(peak)
         for m in measurements:
             for s in order:
-                if s["system"] == "official" and (
-                        m["task"] != "train" and s["variant"] != "default"
-                        or data_shapes.get(m["size"], [0])[0] != 3):
+                if m["task"] != "train" and (s["variant"] == "ckpt" or "+ms" in s["variant"]):
+                    continue  # checkpointing / recomputation change the backward pass only
+                if s["system"] == "official" and data_shapes.get(m["size"], [0])[0] != 3:
                     continue
                 job = _job(a, s, m, data_shapes.get(m["size"]))
                 _log(f"round {rnd + 1} {m['task']} b{m['batch']} size {m['size'] or 'spec'} "

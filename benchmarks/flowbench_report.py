@@ -48,27 +48,30 @@ def _header(res: dict[str, Any]) -> list[str]:
     return out + [""]
 
 
+def _rates(d: dict[str, Any]) -> list[str]:
+    return [_f(d[k] / 1e9 if k in d else None, "{:.1f}")
+            for k in ("fp32", "bf16", "fp32_cpu", "bf16_cpu")]
+
+
 def _peak(res: dict[str, Any]) -> list[str]:
     rows = []
     for p in res["peak"]:
         if "error" in p:
-            rows.append([str(p["round"] + 1), "error: " + p["error"][:80], "", ""])
+            rows.append([str(p["round"] + 1), "error: " + p["error"][:80], "", "", "", ""])
             continue
         for c in p["convs"]:
             x, w = c["x"], c["w"]
             shape = (f"conv {w[2]}×{w[3]}, {x[0]}×{x[1]}×{x[2]}×{x[3]} → {w[0]} ch"
                      f"{'' if c['groups'] == 1 else ', groups ' + str(c['groups'])}")
-            rows.append([str(p["round"] + 1), shape, _f(c["fp32"] / 1e9, "{:.1f}"),
-                         _f(c["bf16"] / 1e9, "{:.1f}")])
-        rows.append([str(p["round"] + 1), f"matmul {p['matmul_n']}²",
-                     _f(p["matmul"]["fp32"] / 1e9, "{:.1f}"),
-                     _f(p["matmul"]["bf16"] / 1e9, "{:.1f}")])
+            rows.append([str(p["round"] + 1), shape, *_rates(c)])
+        rows.append([str(p["round"] + 1), f"matmul {p['matmul_n']}²", *_rates(p["matmul"])])
         rows.append([str(p["round"] + 1), "**peak used** (best conv)",
-                     f"**{p['fp32'] / 1e9:.1f}**", f"**{p['bf16'] / 1e9:.1f}**"])
+                     *[f"**{v}**" for v in _rates(p)]])
     if not rows:
         return []
     return (["## Machine peak: F.conv2d forward on the model's largest-FLOP shapes", ""]
-            + _table(["round", "shape", "fp32 GFLOP/s", "bf16 GFLOP/s"], rows) + [""])
+            + _table(["round", "shape", "fp32 GFLOP/s", "bf16 GFLOP/s",
+                      "fp32 GFLOP per CPU s", "bf16 GFLOP per CPU s"], rows) + [""])
 
 
 def _info(res: dict[str, Any]) -> list[str]:
@@ -91,22 +94,25 @@ def _results(res: dict[str, Any]) -> list[str]:
     for r in res.get("summary", []):
         if not r["ok"]:
             rows.append([r["task"], str(r["batch"]), _size(r), f"`{r['label']}`",
-                         "not measured: " + str(r.get("note", "?"))[:90]] + [""] * 8)
+                         "not measured: " + str(r.get("note", "?"))[:90]] + [""] * 9)
             continue
         rows.append([r["task"], str(r["batch"]), _size(r), f"`{r['label']}`",
                      ", ".join(f"{t:.3f}" for t in r["s_per_round"]), f"**{r['s']:.3f}**",
                      _f(r["images_per_s"], "{:.2f}"), f"{r['peak_mib']:,.0f}",
                      _f(r.get("gflops"), "{:.1f}"), _f(r.get("fraction_fp32_peak"), "{:.2f}"),
+                     _f(r.get("fraction_fp32_peak_cpu"), "{:.2f}"),
                      _f(r.get("cpu_s"), "{:.2f}"), _f(r["cpu_per_wall"], "{:.2f}"),
                      f"{100 * r['sys_fraction']:.0f}%"])
     return (["## Results (median over rounds)", "",
              ("s: median seconds per training step / sampling call / likelihood batch (batch = "
-              "images); peak = the worker's VmHWM; fraction of the same round's fp32 conv "
-              "peak; CPU s = median user + system seconds per call (all threads); CPU/wall = "
+              "images); peak = the worker's VmHWM; of fp32 peak = achieved FLOP/s over the "
+              "same round's fp32 conv rate, per wall second and per CPU second (the latter "
+              "holds up better on a busy host); CPU s = median user + system seconds per call (all threads); CPU/wall = "
               "(user + system) / wall over timed calls; sys = system share of CPU."),
              ""]
             + _table(["task", "batch", "size", "model", "s per round", "s", "images/s",
-                      "peak MiB", "GFLOP/s", "of fp32 peak", "CPU s", "CPU/wall", "sys"], rows)
+                      "peak MiB", "GFLOP/s", "of fp32 peak", "of fp32 peak (CPU s)", "CPU s",
+                      "CPU/wall", "sys"], rows)
             + [""])
 
 

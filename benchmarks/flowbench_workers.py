@@ -360,24 +360,27 @@ def task_info(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_peak(job: dict[str, Any]) -> dict[str, Any]:
-    """F.conv2d forward rate (FLOP/s) at fp32 and bf16 on the given shapes, and a square
-    matmul rate as a second reference."""
+    """F.conv2d forward rate at fp32 and bf16 on the given shapes, and a square matmul rate
+    as a second reference: FLOP per wall second and per CPU second (user + system, all
+    threads; what a busy host does not change as much)."""
     budget = job.get("seconds", 0.5)
 
-    def rate(fn: Any, flops: int) -> float:
+    def rate(fn: Any, flops: int) -> tuple[float, float]:
         for _ in range(2):
             fn()
-        rates = []
+        rates, cpu_rates = [], []
         for _ in range(3):
-            n, t0 = 0, time.perf_counter()
-            while True:
-                fn()
-                n += 1
-                t = time.perf_counter() - t0
-                if t >= budget / 3 and n >= 2:
-                    break
-            rates.append(flops * n / t)
-        return statistics.median(rates)
+            n = 0
+            with _Clock() as c:
+                t0 = time.perf_counter()
+                while True:
+                    fn()
+                    n += 1
+                    if time.perf_counter() - t0 >= budget / 3 and n >= 2:
+                        break
+            rates.append(flops * n / c.wall)
+            cpu_rates.append(flops * n / max(c.user + c.sys, 1e-3))
+        return statistics.median(rates), statistics.median(cpu_rates)
 
     g = torch.Generator().manual_seed(0)
     convs = []
@@ -386,7 +389,7 @@ def task_peak(job: dict[str, Any]) -> dict[str, Any]:
         for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             x = torch.randn(s["x"], generator=g).to(dt)
             w = torch.randn(s["w"], generator=g).to(dt)
-            row[name] = rate(lambda x=x, w=w, s=s: F.conv2d(
+            row[name], row[name + "_cpu"] = rate(lambda x=x, w=w, s=s: F.conv2d(
                 x, w, stride=s["stride"], padding=s["padding"], dilation=s["dilation"],
                 groups=s["groups"]), s["flops_per_call"])
         convs.append(row)
@@ -394,10 +397,10 @@ def task_peak(job: dict[str, Any]) -> dict[str, Any]:
     mm = {}
     for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(n, n, generator=g).to(dt)
-        mm[name] = rate(lambda a=a: a @ a, 2 * n ** 3)
+        mm[name], mm[name + "_cpu"] = rate(lambda a=a: a @ a, 2 * n ** 3)
+    best = convs or [mm]
     return {"convs": convs, "matmul_n": n, "matmul": mm,
-            "fp32": max(c["fp32"] for c in convs) if convs else mm["fp32"],
-            "bf16": max(c["bf16"] for c in convs) if convs else mm["bf16"]}
+            **{k: max(c[k] for c in best) for k in ("fp32", "bf16", "fp32_cpu", "bf16_cpu")}}
 
 
 def task_train(job: dict[str, Any]) -> dict[str, Any]:
