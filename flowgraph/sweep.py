@@ -226,7 +226,8 @@ def _mean_std(values: list[float]) -> str:
 
 
 def write_report(plan: SweepPlan, out: Path, records: list[dict[str, Any]]) -> Path:
-    """``OUT/results.md``, ``results.csv`` and ``curves.png`` from the runs' records."""
+    """``OUT/results.md``, ``results.csv`` and ``curves.png`` (training bits/dim against step,
+    mean ± std over seeds) from the runs' records."""
     import csv
 
     from flowgraph.train.curves import plot_ablation, read_metrics
@@ -265,8 +266,8 @@ def write_report(plan: SweepPlan, out: Path, records: list[dict[str, Any]]) -> P
             w.writerow(r)
     curves = {row.name: [read_metrics(out / slug / f"seed{r['seed']}") for r in by_row[row.name]]
               for row, slug in zip(plan.rows, plan.slugs(), strict=True) if by_row[row.name]}
-    if curves:
-        plot_ablation(curves, out / "curves.png", metric="val_bpd")
+    if curves:  # training bits/dim per logging interval: a curve even for sub-epoch runs
+        plot_ablation(curves, out / "curves.png", metric="bpd", title=plan.name)
     return md
 
 

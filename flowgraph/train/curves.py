@@ -78,7 +78,10 @@ def _ylim(series: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[float, float
     steps = np.concatenate([s for s, _ in series])
     values = np.concatenate([v for _, v in series])
     late = values[steps >= WARMUP_FRACTION * steps.max()]  # steps count from 0
-    lo, hi = float(values.min()), float(late.max() if late.size else values.max())
+    # A diverged seed's ±std band must not flatten the rest: the top is the 98th percentile
+    # of the later values, and bits/dim of discrete data is never below 0.
+    lo = max(float(values.min()), 0.0)
+    hi = float(np.percentile(late, 98) if late.size else values.max())
     pad = 0.05 * (hi - lo) if hi > lo else max(0.01, 0.01 * abs(hi))
     return lo - pad, hi + pad
 
